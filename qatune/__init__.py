@@ -1,0 +1,36 @@
+"""qatune: fine-tune transformer models for question answering, compare methods, ship fast models.
+
+Public API (kept small on purpose)::
+
+    qatune.train(config)                      # -> TrainResult (writes a run directory)
+    qatune.evaluate(run_dir, data, ...)       # -> metrics dict (writes predictions/metrics)
+    qatune.load(run_dir).answer(question, context)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "evaluate", "load", "train"]
+
+
+def train(config: Any, progress: bool = True) -> Any:
+    """Train from a TrainConfig, a dict of config keys, or a YAML path. See :mod:`qatune.training.trainer`."""
+    from qatune.training.trainer import train as _train
+
+    return _train(config, progress=progress)
+
+
+def evaluate(run_dir: str, data: str, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a trained run on SQuAD-format data; see :func:`qatune.evaluation.evaluate.evaluate_run`."""
+    from qatune.evaluation.evaluate import evaluate_run
+
+    return evaluate_run(run_dir, data, **kwargs)
+
+
+def load(path: str, **kwargs: Any) -> Any:
+    """Load a run directory (adapter, full model or exported ONNX) as a ready QA pipeline."""
+    from qatune.inference.pipeline import load_pipeline
+
+    return load_pipeline(path, **kwargs)

@@ -1,0 +1,52 @@
+"""``qatune score``: the official SQuAD v1.1 / v2.0 evaluation, offline, same JSON keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from qatune.cli.common import add_debug, print_json
+from qatune.errors import DataError
+
+
+def _read_json_map(path: str, what: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} file {p} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{what} file {p} must be a JSON object mapping question id -> value")
+    return data
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="official SQuAD EM/F1 of a predictions file", description=__doc__)
+    p.add_argument("--data", required=True, help="SQuAD JSON (v1.1 or v2.0, plain or .gz)")
+    p.add_argument("--predictions", required=True, help="JSON {question_id: answer_text}")
+    p.add_argument("--na-probs", default=None, help="v2: JSON {question_id: no-answer probability}")
+    p.add_argument("--na-prob-thresh", type=float, default=1.0, help="v2: predict no-answer above this")
+    p.add_argument("--version", choices=["1.1", "2.0"], default=None, help="default: detect from the data")
+    add_debug(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qatune.data.squad import load_squad_dataset_json
+    from qatune.evaluation.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
+
+    dataset = load_squad_dataset_json(args.data)
+    preds = _read_json_map(args.predictions, "predictions")
+    bad = [k for k, v in preds.items() if not isinstance(v, str)]
+    if bad:
+        raise DataError(f"predictions file {args.predictions}: answer for id {bad[0]!r} is not a string")
+    na_probs = _read_json_map(args.na_probs, "na-probs") if args.na_probs else None
+    version = args.version or ("2.0" if is_squad_v2(dataset) or na_probs is not None else "1.1")
+    if version == "1.1":
+        print_json(squad_v1_evaluate(dataset, preds))
+    else:
+        print_json(squad_v2_evaluate(dataset, preds, na_probs=na_probs, na_prob_thresh=args.na_prob_thresh))
+    return 0

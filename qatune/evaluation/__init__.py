@@ -1,0 +1,1 @@
+"""Scoring of QA predictions (SQuAD v1.1 / v2.0 official metrics)."""

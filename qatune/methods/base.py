@@ -1,0 +1,72 @@
+"""Method interface and registry."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from qatune.errors import ConfigError
+
+
+@dataclass
+class Method:
+    """A fine-tuning method.
+
+    ``build(model, options, task_type)`` returns the model to train (a PEFT model, or the model itself for
+    full fine-tuning). ``defaults`` are the documented per-method hyperparameters; ``learning_rate`` is the
+    default when the user gives none. ``mergeable``: adapter weights can be folded into the base weights
+    for inference/export.
+    """
+
+    name: str
+    description: str
+    learning_rate: float
+    build: Callable[[Any, dict[str, Any], str], Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    mergeable: bool = True
+    virtual_tokens: bool = False  # prepends virtual tokens (prefix/prompt methods)
+    is_peft: bool = True
+
+
+class MethodRegistry:
+    _VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)-last(?P<n>\d+)$")
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Method] = {}
+
+    def register(self, method: Method) -> Method:
+        self._methods[method.name] = method
+        return method
+
+    def names(self) -> list[str]:
+        return list(self._methods)
+
+    def resolve(self, name: str) -> tuple[Method, dict[str, Any]]:
+        """Return the method and the options implied by its name (``lora-last4`` -> layers=4)."""
+        if name in self._methods:
+            return self._methods[name], {}
+        match = self._VARIANT.match(name)
+        if match and match["base"] in self._methods and "layers" in self._methods[match["base"]].defaults:
+            return self._methods[match["base"]], {"layers": int(match["n"])}
+        raise ConfigError(
+            f"unknown method '{name}'. Choose one of: {', '.join(self.names())} "
+            f"(or a last-N-layers variant such as lora-last4)."
+        )
+
+    def get(self, name: str) -> Method:
+        return self.resolve(name)[0]
+
+    def options(self, name: str, user: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults < name-implied options < user options (validated against the defaults' keys)."""
+        method, implied = self.resolve(name)
+        user = dict(user or {})
+        unknown = set(user) - set(method.defaults) - {"peft_type"}
+        if unknown and method.name != "peft":
+            raise ConfigError(
+                f"method '{name}': unknown option(s) {sorted(unknown)}; known: {sorted(method.defaults)}"
+            )
+        return {**method.defaults, **implied, **user}
+
+
+registry = MethodRegistry()

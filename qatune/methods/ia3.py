@@ -1,0 +1,29 @@
+"""IA3: learned rescaling vectors on keys, values and the feed-forward output (fewest parameters)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qatune.methods.base import Method, registry
+
+
+def _build(model: Any, options: dict[str, Any], task_type: str) -> Any:
+    import peft
+
+    opts = dict(options)
+    config = peft.IA3Config(
+        task_type=task_type,
+        target_modules=opts.pop("target_modules", None),
+        feedforward_modules=opts.pop("feedforward_modules", None),
+        **opts,
+    )
+    return peft.get_peft_model(model, config)
+
+
+registry.register(Method(
+    name="ia3",
+    description="IA3 rescaling vectors",
+    learning_rate=3e-3,
+    build=_build,
+    defaults={"target_modules": None, "feedforward_modules": None},
+))

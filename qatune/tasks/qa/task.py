@@ -1,0 +1,111 @@
+"""Extractive QA as a qatune task: data, features, loss and evaluation in one place.
+
+The trainer is task-agnostic; it asks the task for batches, a loss and an evaluation. A new task
+(sequence classification, generative QA) implements the same methods and registers itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from qatune.data.types import QAExample
+from qatune.tasks.qa.features import QAFeatures, build_features, collate, length_grouped_batches
+from qatune.tasks.qa.modeling import QASpanModel, span_loss
+from qatune.tasks.qa.postprocess import decode, final_answers
+
+
+@dataclass
+class QAEvalResult:
+    metrics: dict[str, Any]
+    predictions: dict[str, str]
+    na_probs: dict[str, float]
+    null_threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(x, 60.0), -60.0)))
+
+
+def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], version_2: bool,
+                      null_threshold: float | None) -> QAEvalResult:
+    """Official EM/F1 for the decoded answers; for v2, tune the no-answer threshold unless one is given.
+
+    ``na_probs`` written for v2 are ``sigmoid(score_gap - threshold)``: above 0.5 means "no answer", and
+    the official script run on predictions.json + na_probs.json reproduces metrics.json exactly.
+    """
+    from qatune.data.squad import examples_to_squad_json
+    from qatune.evaluation.squad_metrics import squad_v1_evaluate, squad_v2_evaluate
+
+    dataset = examples_to_squad_json(list(examples), "2.0" if version_2 else "1.1")["data"]
+    if not version_2:
+        predictions, _ = final_answers(examples, decoded, version_2=False)
+        return QAEvalResult(metrics=dict(squad_v1_evaluate(dataset, predictions)),
+                            predictions=predictions, na_probs={})
+    raw_preds = {ex.id: (d.best.text if d.best else "") for ex, d in zip(examples, decoded)}
+    gaps = {ex.id: (d.score_diff if np.isfinite(d.score_diff) else 1e6) for ex, d in zip(examples, decoded)}
+    tuned = False
+    if null_threshold is None:
+        best = squad_v2_evaluate(dataset, raw_preds, na_probs=gaps)
+        null_threshold = float(best.get("best_f1_thresh", 0.0))
+        tuned = True
+    predictions, _ = final_answers(examples, decoded, version_2=True, null_threshold=null_threshold)
+    na_probs = {qid: _sigmoid(gap - null_threshold) for qid, gap in gaps.items()}
+    metrics = dict(squad_v2_evaluate(dataset, predictions, na_probs=na_probs))
+    metrics["exact_match"] = metrics["exact"]
+    metrics["null_threshold"] = null_threshold
+    metrics["null_threshold_tuned_on_eval"] = tuned
+    return QAEvalResult(metrics=metrics, predictions=predictions, na_probs=na_probs,
+                        null_threshold=null_threshold)
+
+
+class ExtractiveQATask:
+    name = "extractive_qa"
+    auto_class = "AutoModelForQuestionAnswering"
+    peft_task_type = "QUESTION_ANS"
+
+    def load(self, source: str, max_samples: int | None, split: str | None = None):
+        from qatune.data.squad import load_qa_examples
+
+        return load_qa_examples(source, max_samples=max_samples, split=split)
+
+    def features(self, examples: Sequence[QAExample], tokenizer: Any, cfg: Any, progress: bool = True
+                 ) -> QAFeatures:
+        return build_features(examples, tokenizer, cfg.max_seq_length, cfg.doc_stride, training=True,
+                              cache_dir=cfg.cache_dir, progress=progress)
+
+    def wrap(self, model: Any) -> QASpanModel:
+        return QASpanModel(model)
+
+    def train_batches(self, features: QAFeatures, batch_size: int, seed: int, group: bool) -> list[list[int]]:
+        return length_grouped_batches(features.lengths, batch_size, seed, group)
+
+    def collate(self, features: QAFeatures, indices: Sequence[int], tokenizer: Any) -> dict[str, Any]:
+        return collate(features, indices, tokenizer.pad_token_id, with_labels=True)
+
+    def loss(self, span_model: QASpanModel, batch: dict[str, Any]) -> Any:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        start, end = span_model(**inputs)
+        return span_loss(start, end, batch["start_positions"], batch["end_positions"])
+
+    def evaluate(self, span_model: QASpanModel, tokenizer: Any, examples: Sequence[QAExample],
+                 features: QAFeatures, *, version_2: bool, batch_size: int, device: Any, precision: str,
+                 n_best: int = 20, max_answer_length: int = 30, null_threshold: float | None = None,
+                 progress: bool = True) -> QAEvalResult:
+        from qatune.tasks.qa.inference import predict_logits
+
+        t0 = time.perf_counter()
+        starts, ends, loss = predict_logits(span_model, features, tokenizer.pad_token_id, batch_size, device,
+                                            precision, progress=progress, with_loss=True)
+        decoded = decode(examples, features, starts, ends, n_best=n_best, max_answer_length=max_answer_length)
+        result = score_predictions(examples, decoded, version_2, null_threshold)
+        if loss is not None:
+            result.metrics["eval_loss"] = loss
+        result.metrics["eval_questions"] = len(examples)
+        result.metrics["eval_time_s"] = round(time.perf_counter() - t0, 3)
+        return result

@@ -1,0 +1,96 @@
+"""MLflow tracking: on by default to a local SQLite store beside the runs, off with ``--no-tracking``.
+
+Only the main process logs. MLflow is imported lazily (it is slow to import) and a tracking failure
+never kills a training run: it is reported once and tracking is switched off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from qatune.runtime import is_main_process
+
+
+def default_tracking_uri(output_dir: Path) -> str:
+    return f"sqlite:///{output_dir.resolve().parent / 'mlflow.db'}"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+class Tracker:
+    def __init__(self, enabled: bool, output_dir: Path, uri: str | None = None, experiment: str = "qatune",
+                 run_name: str | None = None) -> None:
+        self.enabled = enabled and is_main_process()
+        self.output_dir = output_dir
+        self.uri = uri or default_tracking_uri(output_dir)
+        self.experiment = experiment
+        self.run_name = run_name or output_dir.name
+        self.run_id: str | None = None
+        self._mlflow: Any = None
+
+    def _fail(self, exc: Exception) -> None:
+        print(f"qatune: MLflow tracking disabled after an error ({self.uri}): {exc}", file=sys.stderr)
+        self.enabled = False
+
+    def start(self, params: dict[str, Any], parent_run_id: str | None = None, tags: dict[str, str] | None = None
+              ) -> str | None:
+        if not self.enabled:
+            return None
+        try:
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            import mlflow
+
+            self._mlflow = mlflow
+            mlflow.set_tracking_uri(self.uri)
+            if mlflow.get_experiment_by_name(self.experiment) is None:
+                location = None
+                if self.uri.startswith("sqlite:"):
+                    location = (self.output_dir.resolve().parent / "mlartifacts").as_uri()
+                mlflow.create_experiment(self.experiment, artifact_location=location)
+            mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_name=self.run_name, nested=parent_run_id is not None,
+                                   parent_run_id=parent_run_id, tags=tags)
+            self.run_id = run.info.run_id
+            flat: dict[str, Any] = {}
+            _flatten("", params, flat)
+            mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in flat.items()})
+        except Exception as exc:  # noqa: BLE001 - tracking must never fail training
+            self._fail(exc)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        try:
+            self._mlflow.log_metrics(numeric, step=step)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        try:
+            for path in paths:
+                if path.is_dir():
+                    self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+                elif path.is_file():
+                    self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self._mlflow is not None and self.run_id is not None:
+            try:
+                self._mlflow.end_run(status=status)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)

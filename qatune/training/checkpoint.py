@@ -1,0 +1,93 @@
+"""Resumable checkpoints, written atomically so an interruption never leaves a half-written one.
+
+A checkpoint holds only what changes during training: the trainable weights, the optimizer and
+scheduler state, the RNG states (so dropout masks after a resume match an uninterrupted run) and the
+position in the data (epoch, step within the epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    global_step: int = 0
+    train_time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0
+    epoch_loss_n: int = 0
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def save_checkpoint(output_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                    state: TrainerState) -> Path:
+    from safetensors.torch import save_file
+
+    final = output_dir / CHECKPOINT_DIR
+    tmp = output_dir / f"{CHECKPOINT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.contiguous() for k, v in trainable_state_dict(model).items()}
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
+    old = output_dir / f"{CHECKPOINT_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def has_checkpoint(output_dir: Path) -> bool:
+    return (output_dir / CHECKPOINT_DIR / "trainer_state.json").is_file()
+
+
+def load_checkpoint(output_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainerState:
+    from safetensors.torch import load_file
+
+    folder = output_dir / CHECKPOINT_DIR
+    weights = load_file(str(folder / "trainable.safetensors"))
+    missing = set(weights) - set(model.state_dict())
+    if missing:
+        from qatune.errors import ConfigError
+
+        raise ConfigError(f"checkpoint in {folder} does not match this model/method "
+                          f"(e.g. {sorted(missing)[:3]}); resume with the same config or use a new --output")
+    model.load_state_dict(weights, strict=False)
+    optim = torch.load(folder / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(optim["optimizer"])
+    scheduler.load_state_dict(optim["scheduler"])
+    rng = torch.load(folder / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainerState(**json.loads((folder / "trainer_state.json").read_text()))
+
+
+def remove_checkpoint(output_dir: Path) -> None:
+    shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)

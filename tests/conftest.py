@@ -1,0 +1,44 @@
+"""Test-wide settings: never wait on the hub; tiny models and sample data shared by tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("QATUNE_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "qatune-test-cache"))
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "qatune" / "resources" / "sample"
+SHARED_SQUAD = REPO.parent / "shared" / "data" / "squad"
+
+
+def squad_file(name: str) -> Path:
+    """A file from ../shared/data/squad, or skip the test with a clear message."""
+    path = SHARED_SQUAD / name
+    if not path.is_file():
+        pytest.skip(f"SQuAD data not found at {path}; these tests read ../shared/data/squad beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised BERT QA model + the MiniLM WordPiece tokenizer, saved as a HF model dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    from qatune.models import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    BertForQuestionAnswering(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
