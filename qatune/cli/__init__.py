@@ -13,7 +13,7 @@ import sys
 import traceback
 
 # verb modules, in help order; a module that fails to import (missing optional extra) is skipped with a note
-VERBS = ["train", "evaluate", "predict", "score", "compare", "serve", "export", "pipeline"]
+VERBS = ["train", "evaluate", "predict", "score", "compare", "report", "serve", "export", "bench", "pipeline"]
 
 
 def build_parser() -> argparse.ArgumentParser:
