@@ -1,24 +1,47 @@
-"""``qatune predict RUN --question Q --context C``: answer, score and character offsets as JSON."""
+"""``qatune predict RUN``: answer questions with a trained run.
+
+One question (answer, score and character offsets as JSON on stdout)::
+
+    qatune predict runs/lora --question "Who ...?" --context-file article.txt [--top-k 3]
+
+Many questions from a JSONL file, one ``{"id": ..., "question": ..., "context": ...}`` object a line
+(``id`` optional: the line number), with a progress bar; each output line is
+``{"id", "answer", "score", "start", "end", "no_answer"}`` (plus ``answers`` with ``--top-k`` > 1)::
+
+    qatune predict runs/lora --input questions.jsonl --output answers.jsonl
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import time
 from pathlib import Path
+from typing import IO, Any
 
 from qatune.cli.common import add_debug, print_json
-from qatune.errors import DataError
+from qatune.errors import DataError, OutputError
+
+CHUNK = 256  # questions per answer_batch call in --input mode: bounded memory, a moving progress bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="answer questions with a trained run", description=__doc__)
+    p = sub.add_parser("predict", help="answer questions with a trained run", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory (PyTorch or exported)")
     p.add_argument("--question", help="the question")
     ctx = p.add_mutually_exclusive_group()
     ctx.add_argument("--context", help="the context text")
     ctx.add_argument("--context-file", help="read the context from this UTF-8 text file")
+    p.add_argument("--input", help="JSONL file of {id, question, context} objects: batch mode")
+    p.add_argument("--output", help="with --input: write answers here as JSONL (default: stdout)")
     p.add_argument("--top-k", type=int, default=1, help="return the k best answers")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass (default 64)")
     p.add_argument("--null-threshold", type=float, default=None, help="v2 no-answer threshold override")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar in --input mode")
     add_debug(p)
     p.set_defaults(handler=run)
 
@@ -37,14 +60,135 @@ def _context(args: argparse.Namespace) -> str:
     return args.context
 
 
+# -- batch mode ---------------------------------------------------------------------------------------
+def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
+    """``(id, question, context)`` per non-blank line; any bad line is a DataError naming file and line."""
+    src = Path(path)
+    try:
+        raw = src.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"input file {src} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"input {src} is a directory; give a JSONL file") from None
+    except OSError as exc:
+        raise DataError(f"input file {src} cannot be read ({exc.strerror or exc})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    items: list[tuple[Any, str, str]] = []
+    seen: dict[Any, int] = {}
+    for n, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        where = f"{src} line {n}"
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: not UTF-8 text") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
+                            '{"id": ..., "question": ..., "context": ...} object') from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object with 'question' and 'context', "
+                            f"got {type(obj).__name__}")
+        for key in ("question", "context"):
+            if key not in obj:
+                raise DataError(f"{where}: field '{key}' is missing")
+            if not isinstance(obj[key], str):
+                raise DataError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+            if not obj[key].strip():
+                raise DataError(f"{where}: field '{key}' is empty")
+        qid = obj.get("id", n)
+        if qid is None:
+            qid = n
+        if isinstance(qid, bool) or not isinstance(qid, (str, int, float)):
+            raise DataError(f"{where}: field 'id' must be a string or a number, got {type(qid).__name__}")
+        if qid in seen:
+            raise DataError(f"{where}: id {qid!r} was already used on line {seen[qid]}; ids must be unique")
+        seen[qid] = n
+        items.append((qid, obj["question"], obj["context"]))
+    return items
+
+
+def _open_output(path: str | None) -> tuple[IO[str], Path | None]:
+    """The output stream (a temporary file beside ``path``, renamed when done) and the temporary path."""
+    if path is None:
+        return sys.stdout, None
+    out = Path(path)
+    if out.is_dir():
+        raise OutputError(f"--output {out} is a directory; give a file name such as {out / 'answers.jsonl'}")
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return tmp.open("w", encoding="utf-8"), tmp
+    except OSError as exc:
+        raise OutputError(f"--output {out} cannot be written ({exc.strerror or exc}); choose another path") from None
+
+
+def _record(qid: Any, result: Any, top_k: int) -> dict[str, Any]:
+    answers = result if isinstance(result, list) else [result]
+    best = answers[0].to_dict()
+    rec = {"id": qid, "answer": best["text"], "score": best["score"], "start": best["start"], "end": best["end"],
+           "no_answer": best["no_answer"]}
+    if top_k > 1:
+        rec["answers"] = [a.to_dict() for a in answers]
+    return rec
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from qatune.inference.pipeline import load_pipeline
+
+    if args.question or args.context is not None or args.context_file:
+        raise DataError("--input reads questions and contexts from the file; drop --question/--context/--context-file")
+    if args.batch_size < 1:
+        raise DataError("--batch-size must be >= 1")
+    items = read_questions_jsonl(args.input)  # every line is checked before the model loads
+    stream, tmp = _open_output(args.output)
+    try:
+        pipeline = load_pipeline(args.run, device=args.device, null_threshold=args.null_threshold)
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(items), desc="answering", unit="q", disable=args.no_progress, file=sys.stderr)
+        for lo in range(0, len(items), CHUNK):
+            chunk = items[lo: lo + CHUNK]
+            results = pipeline.answer_batch([(q, c) for _, q, c in chunk], batch_size=args.batch_size,
+                                            top_k=args.top_k)
+            for (qid, _, _), result in zip(chunk, results, strict=True):
+                stream.write(json.dumps(_record(qid, result, args.top_k), ensure_ascii=False) + "\n")
+            bar.update(len(chunk))
+        bar.close()
+        stream.flush()
+    except BaseException:
+        if tmp is not None:
+            stream.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp is not None:
+        stream.close()
+        os.replace(tmp, args.output)
+    elapsed = time.perf_counter() - t0
+    rate = len(items) / elapsed if elapsed > 0 else 0.0
+    dest = args.output or "stdout"
+    print(f"qatune: answered {len(items)} questions in {elapsed:.1f} s ({rate:.1f} questions/s) -> {dest}",
+          file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise DataError("--top-k must be >= 1")
+    if args.input:
+        return run_batch(args)
+    if args.output:
+        raise DataError("--output is for batch mode: give --input questions.jsonl too")
     from qatune.inference.pipeline import load_pipeline
 
     if not args.question:
-        raise DataError("give --question TEXT")
-    if args.top_k < 1:
-        raise DataError("--top-k must be >= 1")
+        raise DataError("give --question TEXT (or --input FILE.jsonl for many questions)")
+    context = _context(args)
     pipeline = load_pipeline(args.run, device=args.device, null_threshold=args.null_threshold)
-    result = pipeline.answer(args.question, _context(args), top_k=args.top_k)
+    result = pipeline.answer(args.question, context, top_k=args.top_k)
     print_json([a.to_dict() for a in result] if isinstance(result, list) else result.to_dict())
     return 0

@@ -1,0 +1,459 @@
+"""The HTTP server: a FastAPI app over a :class:`~qatune.inference.pipeline.QAPipeline`.
+
+Endpoints::
+
+    POST /v1/answer   {"question": Q, "context": C, "top_k": 1}  or  {"questions": [{...}, ...], "top_k": 1}
+    GET  /v1/model    model name, method, window settings, the run's metrics.json, limits, batcher stats
+    GET  /healthz     liveness (503 while shutting down)
+    GET  /            a web page: paste a context, ask, see the answer highlighted
+    GET  /docs        OpenAPI docs (/openapi.json)
+
+Concurrent requests are micro-batched (:mod:`qatune.serve.batcher`). Every bad input gets a 4xx JSON error
+``{"error": {"status": 422, "code": "...", "message": "...", "field": "questions[2].context"}}``: a body that
+is too big, not UTF-8 or not JSON; missing, empty, too long or wrongly typed fields; too many questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qatune import __version__
+from qatune.errors import QatuneError
+from qatune.serve.batcher import BatcherClosed, MicroBatcher, pipeline_batch_fn
+
+log = logging.getLogger("qatune.serve")
+
+SINGLE_KEYS = ("question", "context", "top_k")
+BATCH_KEYS = ("questions", "top_k")
+
+
+@dataclass
+class ServeSettings:
+    """Batching and input limits; each has a ``qatune serve`` flag of the same name."""
+
+    batching: bool = True
+    max_batch: int = 32  # questions per answer_batch call
+    max_wait_ms: float = 5.0  # how long the batcher waits for more requests
+    batch_size: int = 32  # windows per forward pass inside answer_batch
+    max_body_bytes: int = 1 << 20
+    max_context_chars: int = 100_000
+    max_question_chars: int = 2_000
+    max_questions: int = 64  # in one {"questions": [...]} request
+    max_top_k: int = 20
+    drain_timeout_s: float = 30.0  # at shutdown, how long queued work may take to finish
+    api_key: str | None = None  # None: no authentication
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "batch_size", "max_body_bytes", "max_context_chars", "max_question_chars",
+                     "max_questions", "max_top_k"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_wait_ms < 0:
+            raise ValueError("max_wait_ms must be >= 0")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty")
+
+    def public(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("api_key")
+        out["auth"] = self.api_key is not None
+        return out
+
+
+class ApiError(Exception):
+    """A client error answered as ``{"error": {...}}`` with this status."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.code = code or _CODES.get(status, "error")
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+          413: "too_large", 422: "invalid_field", 500: "internal_error", 503: "unavailable"}
+
+
+def error_body(status: int, message: str, field: str | None = None, code: str | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"status": status, "code": code or _CODES.get(status, "error"), "message": message}
+    if field is not None:
+        err["field"] = field
+    return {"error": err}
+
+
+# -- request parsing ----------------------------------------------------------------------------------
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def decode_json_body(raw: bytes) -> Any:
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; send a JSON object such as "
+                            '{"question": "...", "context": "..."}', code="empty_body")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the request body is not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at "
+                            f"position {exc.start}); send JSON encoded as UTF-8", code="not_utf8") from None
+    try:
+        return json.loads(text.lstrip("\ufeff"), parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                            f"{exc.colno}", code="invalid_json") from None
+    except ValueError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _text_field(obj: dict[str, Any], key: str, prefix: str, limit: int, flag: str) -> str:
+    name = f"{prefix}{key}"
+    if key not in obj:
+        raise ApiError(422, f"field '{name}' is required", field=name, code="missing_field")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise ApiError(422, f"field '{name}' must be a string, got {_type_name(value)}", field=name,
+                       code="wrong_type")
+    if not value.strip():
+        raise ApiError(422, f"field '{name}' is empty", field=name, code="empty_field")
+    if len(value) > limit:
+        raise ApiError(413, f"field '{name}' is {len(value):,} characters; this server accepts at most "
+                            f"{limit:,} ({flag})", field=name, code="too_long")
+    return value
+
+
+def _top_k(obj: dict[str, Any], prefix: str, default: int, max_top_k: int) -> int:
+    name = f"{prefix}top_k"
+    if "top_k" not in obj or obj["top_k"] is None:
+        return default
+    value = obj["top_k"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(422, f"field '{name}' must be an integer, got {_type_name(value)}", field=name,
+                       code="wrong_type")
+    if not 1 <= value <= max_top_k:
+        raise ApiError(422, f"field '{name}' must be between 1 and {max_top_k}, got {value}", field=name,
+                       code="out_of_range")
+    return value
+
+
+def _no_unknown_keys(obj: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise ApiError(422, f"unknown field '{prefix}{key}'; expected {', '.join(allowed)}",
+                           field=f"{prefix}{key}", code="unknown_field")
+
+
+@dataclass
+class ParsedRequest:
+    pairs: list[tuple[str, str]]
+    top_ks: list[int]
+    single: bool
+
+
+def parse_answer_request(data: Any, settings: ServeSettings) -> ParsedRequest:
+    """Validate a decoded /v1/answer body; every problem is an :class:`ApiError` naming the field."""
+    if not isinstance(data, dict):
+        raise ApiError(422, "the request body must be a JSON object: {\"question\": ..., \"context\": ...} or "
+                            f"{{\"questions\": [...]}}, got {_type_name(data)}", code="wrong_type")
+
+    def item(obj: dict[str, Any], prefix: str, default_k: int) -> tuple[str, str, int]:
+        question = _text_field(obj, "question", prefix, settings.max_question_chars, "--max-question-chars")
+        context = _text_field(obj, "context", prefix, settings.max_context_chars, "--max-context-chars")
+        return question, context, _top_k(obj, prefix, default_k, settings.max_top_k)
+
+    if "questions" not in data:
+        _no_unknown_keys(data, SINGLE_KEYS, "")
+        q, c, k = item(data, "", 1)
+        return ParsedRequest([(q, c)], [k], single=True)
+    if "question" in data or "context" in data:
+        raise ApiError(422, "give either 'question' and 'context', or a 'questions' list, not both",
+                       field="questions", code="ambiguous")
+    _no_unknown_keys(data, BATCH_KEYS, "")
+    items = data["questions"]
+    if not isinstance(items, list):
+        raise ApiError(422, f"field 'questions' must be an array of {{\"question\", \"context\"}} objects, got "
+                            f"{_type_name(items)}", field="questions", code="wrong_type")
+    if not items:
+        raise ApiError(422, "field 'questions' is empty", field="questions", code="empty_field")
+    if len(items) > settings.max_questions:
+        raise ApiError(413, f"field 'questions' has {len(items)} questions; this server accepts at most "
+                            f"{settings.max_questions} per request (--max-questions)", field="questions",
+                       code="too_many")
+    default_k = _top_k(data, "", 1, settings.max_top_k)
+    pairs, ks = [], []
+    for i, obj in enumerate(items):
+        prefix = f"questions[{i}]."
+        if not isinstance(obj, dict):
+            raise ApiError(422, f"field 'questions[{i}]' must be an object with 'question' and 'context', got "
+                                f"{_type_name(obj)}", field=f"questions[{i}]", code="wrong_type")
+        _no_unknown_keys(obj, SINGLE_KEYS, prefix)
+        q, c, k = item(obj, prefix, default_k)
+        pairs.append((q, c))
+        ks.append(k)
+    return ParsedRequest(pairs, ks, single=False)
+
+
+def _answer_dict(answer: Any) -> dict[str, Any]:
+    d = answer.to_dict() if hasattr(answer, "to_dict") else dict(answer)
+    score = float(d.get("score", 0.0))
+    d["score"] = score if math.isfinite(score) else 0.0
+    return d
+
+
+def _result(answers: list[Any]) -> dict[str, Any]:
+    items = [_answer_dict(a) for a in answers]
+    return {"answer": items[0] if items else None, "answers": items}
+
+
+# -- the app ------------------------------------------------------------------------------------------
+def read_metrics(run_dir: str | Path | None) -> dict[str, Any]:
+    if run_dir is None:
+        return {}
+    path = Path(run_dir) / "metrics.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def index_html() -> str:
+    try:
+        return resources.files("qatune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):  # an install without package data: the API still works
+        return ("<!doctype html><title>qatune</title><p>The web page is missing from this installation "
+                "(qatune/serve/static/index.html). The API works: POST /v1/answer; see <a href=\"docs\">/docs</a>.")
+
+
+_REQUEST_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "object", "title": "One question", "required": ["question", "context"],
+         "properties": {"question": {"type": "string"}, "context": {"type": "string"},
+                        "top_k": {"type": "integer", "minimum": 1, "default": 1}},
+         "additionalProperties": False},
+        {"type": "object", "title": "Many questions", "required": ["questions"],
+         "properties": {
+             "questions": {"type": "array", "minItems": 1, "items": {
+                 "type": "object", "required": ["question", "context"],
+                 "properties": {"question": {"type": "string"}, "context": {"type": "string"},
+                                "top_k": {"type": "integer", "minimum": 1}},
+                 "additionalProperties": False}},
+             "top_k": {"type": "integer", "minimum": 1, "default": 1}},
+         "additionalProperties": False},
+    ],
+    "example": {"question": "Where do foxes live?", "context": "Foxes live in forests and fields.", "top_k": 1},
+}
+_ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"text": {"type": "string"}, "score": {"type": "number"},
+                   "start": {"type": "integer", "description": "character offset in the context, -1: no answer"},
+                   "end": {"type": "integer"}, "no_answer": {"type": "boolean"}},
+}
+_RESULT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": _ANSWER_SCHEMA, "answers": {"type": "array", "items": _ANSWER_SCHEMA},
+                   "results": {"type": "array", "description": "for a 'questions' request: one per question",
+                               "items": {"type": "object", "properties": {
+                                   "answer": _ANSWER_SCHEMA,
+                                   "answers": {"type": "array", "items": _ANSWER_SCHEMA}}}},
+                   "took_ms": {"type": "number"}},
+}
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"error": {"type": "object", "properties": {
+        "status": {"type": "integer"}, "code": {"type": "string"}, "message": {"type": "string"},
+        "field": {"type": "string"}}}},
+}
+
+
+def _json_response(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir: str | Path | None = None,
+               metrics: dict[str, Any] | None = None, **overrides: Any) -> FastAPI:
+    """A FastAPI app answering with ``pipeline`` (anything with ``answer_batch`` and ``info``).
+
+    ``settings`` (or keyword ``overrides`` of its fields) set batching and limits; ``metrics`` (or
+    ``run_dir``/metrics.json) is what ``GET /v1/model`` reports.
+    """
+    settings = replace(settings or ServeSettings(), **overrides)
+    run_metrics = dict(metrics) if metrics is not None else read_metrics(run_dir)
+    n_best = int(getattr(pipeline, "n_best", 20))
+    batcher = MicroBatcher(pipeline_batch_fn(pipeline, settings.batch_size), max_batch=settings.max_batch,
+                           max_wait_ms=settings.max_wait_ms, enabled=settings.batching, n_best=n_best)
+    page = index_html()
+    api_key = settings.api_key.encode() if settings.api_key else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        log.info("qatune: batching %s (max %d questions, %.1f ms window)",
+                 "on" if settings.batching else "off", settings.max_batch, settings.max_wait_ms)
+        try:
+            yield
+        finally:
+            # uvicorn has already let in-flight requests finish; answer anything still queued, then stop
+            await batcher.stop(timeout=settings.drain_timeout_s)
+            log.info("qatune: batcher drained (%s)", batcher.stats.to_dict())
+
+    app = FastAPI(title="qatune QA server", version=__version__, lifespan=lifespan,
+                  description="Extractive question answering with a qatune run. Errors are "
+                              "`{\"error\": {status, code, message, field}}`.")
+    app.state.batcher = batcher
+    app.state.settings = settings
+    app.state.pipeline = pipeline
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.status, exc.message, exc.field, exc.code), status_code=exc.status,
+                            headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+        return JSONResponse(error_body(422, f"{field or 'request'}: {first.get('msg', 'invalid')}", field or None),
+                            status_code=422)
+
+    def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization")
+        if given is None and auth:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer":
+                given = token.strip()
+        if not given:
+            raise ApiError(401, "this server needs an API key: send 'Authorization: Bearer <key>' or "
+                                "'X-API-Key: <key>'", code="missing_api_key")
+        if not hmac.compare_digest(given.encode(), api_key):
+            raise ApiError(401, "the API key is not valid", code="invalid_api_key")
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise ApiError(400, "the Content-Length header is not a number") from None
+            if declared > limit:
+                raise ApiError(413, f"the request body is {declared:,} bytes; this server accepts at most "
+                                    f"{limit:,} (--max-body-bytes)", code="body_too_large")
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, f"the request body is over {limit:,} bytes, the most this server accepts "
+                                    "(--max-body-bytes)", code="body_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post("/v1/answer", dependencies=[Depends(require_key)], summary="Answer one or many questions",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}},
+              responses={200: _json_response(_RESULT_SCHEMA, "the answers, best first"),
+                         400: _json_response(_ERROR_SCHEMA, "body is empty, not UTF-8 or not JSON"),
+                         401: _json_response(_ERROR_SCHEMA, "missing or wrong API key"),
+                         413: _json_response(_ERROR_SCHEMA, "body, context, question or batch too large"),
+                         422: _json_response(_ERROR_SCHEMA, "missing, empty or wrongly typed field"),
+                         503: _json_response(_ERROR_SCHEMA, "the server is shutting down")})
+    async def answer(request: Request) -> JSONResponse:
+        """Extract the answer to each question from its context: text, probability-like score and character
+        offsets (``context[start:end] == text``; -1 and ``no_answer: true`` when the model abstains)."""
+        t0 = time.perf_counter()
+        with batcher.arriving_request():  # a forming batch may wait for this request
+            parsed = parse_answer_request(decode_json_body(await read_body(request)), settings)
+        try:
+            if len(set(parsed.top_ks)) == 1:
+                results = await batcher.submit(parsed.pairs, parsed.top_ks[0])
+            else:  # one job per top_k; the batcher still runs them together
+                by_k: dict[int, list[int]] = {}
+                for i, k in enumerate(parsed.top_ks):
+                    by_k.setdefault(k, []).append(i)
+                parts = await asyncio.gather(*(batcher.submit([parsed.pairs[i] for i in idx], k)
+                                               for k, idx in by_k.items()))
+                results = [None] * len(parsed.pairs)
+                for idx, part in zip(by_k.values(), parts, strict=True):
+                    for i, r in zip(idx, part, strict=True):
+                        results[i] = r
+        except BatcherClosed as exc:
+            raise ApiError(503, str(exc), code="shutting_down") from None
+        except QatuneError as exc:
+            raise ApiError(422, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            log.exception("qatune: answering failed")
+            raise ApiError(500, f"internal error while answering: {type(exc).__name__}") from None
+        took = round((time.perf_counter() - t0) * 1000, 2)
+        if parsed.single:
+            body = _result(results[0])
+        else:
+            body = {"results": [_result(r) for r in results]}
+        body["took_ms"] = took
+        return JSONResponse(body)
+
+    @app.get("/v1/model", dependencies=[Depends(require_key)], summary="The model being served")
+    async def model() -> dict[str, Any]:
+        info = dict(getattr(pipeline, "info", {}) or {})
+        for key in ("max_seq_length", "doc_stride", "max_answer_length", "n_best"):
+            if hasattr(pipeline, key):
+                info[key] = getattr(pipeline, key)
+        info["metrics"] = run_metrics
+        info["serving"] = settings.public()
+        info["stats"] = batcher.stats.to_dict()
+        info["qatune_version"] = __version__
+        return info
+
+    @app.get("/healthz", summary="Liveness: 200 while serving, 503 while shutting down")
+    async def healthz() -> JSONResponse:
+        status = 503 if batcher.closed else 200
+        return JSONResponse({"status": "ok" if status == 200 else "shutting_down", "queued": batcher.queued,
+                             "busy": batcher.busy, "stats": batcher.stats.to_dict()}, status_code=status)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                                       "'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+                                       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+    return app
