@@ -76,8 +76,16 @@ def default_cache_dir() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identity of the tokenizer's vocabulary and rules, not of its call state: transformers leaves the last
+    call's truncation/padding settings on the backend, which must not turn cache hits into misses."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        data = json.loads(backend.to_str())
+        data.pop("truncation", None)
+        data.pop("padding", None)
+        text = json.dumps(data, sort_keys=True)
+    else:
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(f"{type(tokenizer).__name__}:{text}".encode()).hexdigest()[:16]
 
 
@@ -94,12 +102,27 @@ def features_key(examples: Sequence[QAExample], tokenizer: Any, max_seq_length: 
     return digest.hexdigest()[:24]
 
 
-def _clip_questions(questions: list[str], tokenizer: Any) -> list[str]:
-    """Clip questions longer than MAX_QUERY_TOKENS so the context always gets room in the window."""
+def max_query_tokens(tokenizer: Any, max_seq_length: int, doc_stride: int) -> int:
+    """Question tokens that fit: MAX_QUERY_TOKENS, fewer when the window leaves the context too little room.
+
+    The tokenizer needs more context tokens per window than ``doc_stride`` (it panics otherwise), so a
+    question may take at most ``max_seq_length - special tokens - doc_stride - 1`` tokens.
+    """
+    room = max_seq_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride - 1
+    if room < 1:
+        from qatune.errors import ConfigError
+
+        raise ConfigError(f"doc_stride {doc_stride} leaves no room for the question in windows of max_seq_length "
+                          f"{max_seq_length}; use a doc_stride below {max_seq_length // 2} or a longer max_seq_length")
+    return min(MAX_QUERY_TOKENS, room)
+
+
+def _clip_questions(questions: list[str], tokenizer: Any, max_tokens: int = MAX_QUERY_TOKENS) -> list[str]:
+    """Clip questions longer than ``max_tokens`` so the context always gets room in the window."""
     enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
     out = []
-    for q, offs in zip(questions, enc["offset_mapping"]):
-        out.append(q[: offs[MAX_QUERY_TOKENS - 1][1]] if len(offs) > MAX_QUERY_TOKENS else q)
+    for q, offs in zip(questions, enc["offset_mapping"], strict=True):
+        out.append(q[: offs[max_tokens - 1][1]] if len(offs) > max_tokens else q)
     return out
 
 
@@ -139,10 +162,11 @@ def tokenize_examples(examples: Sequence[QAExample], tokenizer: Any, max_seq_len
     example_index: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
+    max_query = max_query_tokens(tokenizer, max_seq_length, doc_stride)
     bar = tqdm(total=len(examples), desc="tokenizing", unit="q", disable=not progress, leave=False)
     for lo in range(0, len(examples), chunk_size):
         chunk = examples[lo: lo + chunk_size]
-        questions = _clip_questions([ex.question.lstrip() for ex in chunk], tokenizer)
+        questions = _clip_questions([ex.question.lstrip() for ex in chunk], tokenizer, max_query)
         enc = tokenizer(
             questions, [ex.context for ex in chunk], truncation="only_second", max_length=max_seq_length,
             stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True, padding=False,

@@ -75,14 +75,14 @@ def decode(examples: Sequence[QAExample], features: QAFeatures, start_logits: Se
             offs = features.offsets[i]
             n = min(len(offs), width)
             in_ctx[row, :n] = offs[:n, 0] >= 0
-        starts = np.where(in_ctx, starts, -np.inf)
-        ends = np.where(in_ctx, ends, -np.inf)
+        # as utils_qa: the n-best start/end tokens of the whole window, then drop those outside the context
+        # (masking first would let lower-ranked context tokens in and pick answers run_qa.py never sees)
         k = min(n_best, width)
         top_s = np.argpartition(-starts, k - 1, axis=1)[:, :k]
         top_e = np.argpartition(-ends, k - 1, axis=1)[:, :k]
         rows = np.arange(len(idx))[:, None]
-        s_val = starts[rows, top_s]
-        e_val = ends[rows, top_e]
+        s_val = np.where(in_ctx[rows, top_s], starts[rows, top_s], -np.inf)
+        e_val = np.where(in_ctx[rows, top_e], ends[rows, top_e], -np.inf)
         score = s_val[:, :, None] + e_val[:, None, :]
         span = top_e[:, None, :] - top_s[:, :, None]
         valid = (span >= 0) & (span < max_answer_length) & np.isfinite(score)
@@ -123,7 +123,7 @@ def decode(examples: Sequence[QAExample], features: QAFeatures, start_logits: Se
             raw = np.array([c.score for c in d.candidates])
             probs = np.exp(raw - raw.max())
             probs /= probs.sum()
-            for c, p in zip(d.candidates, probs):
+            for c, p in zip(d.candidates, probs, strict=True):
                 c.probability = float(p)
     return results
 
@@ -133,7 +133,7 @@ def final_answers(examples: Sequence[QAExample], decoded: Sequence[Decoded], ver
     """Official-format predictions ``{id: text}`` and ``na_probs`` (score gaps) for SQuAD v2 scoring."""
     predictions: dict[str, str] = {}
     na_probs: dict[str, float] = {}
-    for ex, d in zip(examples, decoded):
+    for ex, d in zip(examples, decoded, strict=True):
         diff = d.score_diff
         na_probs[ex.id] = float(diff) if np.isfinite(diff) else 1e6
         if version_2 and diff > null_threshold:

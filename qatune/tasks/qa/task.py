@@ -47,8 +47,8 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
         predictions, _ = final_answers(examples, decoded, version_2=False)
         return QAEvalResult(metrics=dict(squad_v1_evaluate(dataset, predictions)),
                             predictions=predictions, na_probs={})
-    raw_preds = {ex.id: (d.best.text if d.best else "") for ex, d in zip(examples, decoded)}
-    gaps = {ex.id: (d.score_diff if np.isfinite(d.score_diff) else 1e6) for ex, d in zip(examples, decoded)}
+    raw_preds = {ex.id: (d.best.text if d.best else "") for ex, d in zip(examples, decoded, strict=True)}
+    gaps = {ex.id: (d.score_diff if np.isfinite(d.score_diff) else 1e6) for ex, d in zip(examples, decoded, strict=True)}
     tuned = False
     if null_threshold is None:
         best = squad_v2_evaluate(dataset, raw_preds, na_probs=gaps)
