@@ -1,0 +1,539 @@
+"""The comparison report, rebuilt from the run directories alone (``qatune report OUTPUT``).
+
+Writes ``report.csv`` (one row per method), ``report.md`` (tables with units), ``report.json`` (everything,
+per-epoch history included), ``report.html`` (the tables and the plots embedded as base64 PNG) and the
+plots as PNG files: ``loss_curves.png``, ``f1_vs_params.png``, ``train_time.png``, ``peak_memory.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from qatune.artifacts import RUN_CONFIG, write_json
+from qatune.compare.measure import peak_memory, weights_size_mb
+from qatune.compare.runner import LOG_FILE, PLAN_FILE, STATUS_FILE, is_finished, read_json
+from qatune.errors import OutputError
+
+REPORT_FILES = ["report.csv", "report.md", "report.json", "report.html"]
+PLOTS = {  # file stem -> caption
+    "loss_curves": "Training and validation loss per epoch, per method (lower is better).",
+    "f1_vs_params": "F1 against trainable parameters (log scale): up and to the left is better.",
+    "train_time": "Training time per method (training loop only; evaluation excluded).",
+    "peak_memory": "Peak memory of each training process.",
+}
+BASE_COLUMNS = ["method", "status", "error", "exact_match", "f1", "eval_loss", "train_loss", "train_time_s",
+                "peak_memory_mb", "trainable_params", "trainable_pct", "total_params", "adapter_size_mb",
+                "latency_p50_ms", "latency_p95_ms", "throughput_qps", "learning_rate", "epochs"]
+V2_COLUMNS = ["HasAns_f1", "NoAns_f1"]  # after f1, when the eval set is SQuAD v2
+EXTRA_COLUMNS = ["base_method", "peak_memory_source", "wall_time_s", "train_questions", "eval_questions",
+                 "latency_questions", "throughput_questions", "throughput_batch_size", "precision", "run_dir"]
+# column -> (header with units, formatter) for the Markdown/HTML tables
+MEMORY_SOURCES = {"cpu_peak_rss": "CPU peak RSS of the training process",
+                  "cuda_max_allocated": "CUDA max allocated by the training process"}
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def _count(v: float) -> str:
+    return f"{int(v):,}"
+
+
+def _small(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+HEADERS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "method": ("method", str),
+    "status": ("status", str),
+    "exact_match": ("EM (%)", _pct),
+    "f1": ("F1 (%)", _pct),
+    "HasAns_f1": ("HasAns F1 (%)", _pct),
+    "NoAns_f1": ("NoAns F1 (%)", _pct),
+    "eval_loss": ("val loss", lambda v: f"{v:.3f}"),
+    "train_loss": ("train loss (last epoch)", lambda v: f"{v:.3f}"),
+    "train_time_s": ("train time (s)", lambda v: f"{v:.1f}"),
+    "peak_memory_mb": ("peak memory (MB)", lambda v: f"{v:,.0f}"),
+    "trainable_params": ("trainable params", _count),
+    "trainable_pct": ("trainable (% of total)", _small),
+    "total_params": ("total params", _count),
+    "adapter_size_mb": ("weights on disk (MB)", _small),
+    "latency_p50_ms": ("latency p50 (ms, batch 1)", lambda v: f"{v:.1f}"),
+    "latency_p95_ms": ("latency p95 (ms, batch 1)", lambda v: f"{v:.1f}"),
+    "throughput_qps": ("throughput (questions/s)", lambda v: f"{v:.1f}"),
+    "learning_rate": ("learning rate", lambda v: f"{v:g}"),
+    "epochs": ("epochs", lambda v: f"{v:g}"),
+}
+
+
+# -- collecting -------------------------------------------------------------------------------------------
+
+def _labels(out: Path, plan: dict[str, Any] | None) -> list[str]:
+    if plan and isinstance(plan.get("methods"), list):
+        return [str(m) for m in plan["methods"]]
+    return sorted(p.name for p in out.iterdir() if p.is_dir() and ((p / STATUS_FILE).is_file()
+                                                                  or (p / "metrics.json").is_file()))
+
+
+def _status(status_file: dict[str, Any], finished: bool) -> str:
+    recorded = status_file.get("status")
+    if recorded == "failed":
+        return "failed"
+    if finished:
+        return "finished"
+    if recorded in ("running", "interrupted"):
+        return "interrupted"
+    return "not run"  # never started, or its run files are gone
+
+
+def _default_lr(method: str) -> float | None:
+    from qatune.methods import registry
+
+    try:
+        return registry.get(method).learning_rate
+    except Exception:  # noqa: BLE001 - an unknown method has no default
+        return None
+
+
+def _hyperparameters(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    from qatune.methods import registry
+
+    keys = ("learning_rate", "resolved_learning_rate", "batch_size", "grad_accum", "weight_decay", "warmup_ratio",
+            "max_grad_norm")
+    hp = {k: cfg[k] for k in keys if k in cfg}
+    try:
+        base, _ = registry.resolve(method)
+        hp["options"] = registry.options(method, cfg.get(base.name) or {})
+    except Exception:  # noqa: BLE001 - failed methods may have invalid options; report what was asked
+        pass
+    return hp
+
+
+def collect(out: Path) -> dict[str, Any]:
+    """Everything the report shows, read from OUTPUT/compare.json and OUTPUT/<method>/ run directories."""
+    out = Path(out)
+    if not out.is_dir():
+        raise OutputError(f"{out} does not exist; pass the --output directory of `qatune compare`")
+    plan = read_json(out / PLAN_FILE)
+    labels = _labels(out, plan)
+    if not labels:
+        raise OutputError(f"{out} holds no comparison (no {PLAN_FILE} and no method run directories); "
+                          "pass the --output directory of `qatune compare`")
+    plan = plan or {}
+    records = []
+    for label in labels:
+        run_dir = out / label
+        status_file = (read_json(run_dir / STATUS_FILE) or {}) if run_dir.is_dir() else {}
+        finished = is_finished(run_dir)
+        status = _status(status_file, finished)
+        metrics = (read_json(run_dir / "metrics.json") or {}) if finished and status == "finished" else {}
+        history = (read_json(run_dir / "history.json") or []) if metrics else []
+        planned_cfg = (plan.get("configs") or {}).get(label) or {}
+        run_cfg: dict[str, Any] = {}
+        if metrics:
+            try:
+                run_cfg = yaml.safe_load((run_dir / RUN_CONFIG).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                run_cfg = {}
+        cfg = run_cfg or planned_cfg
+        method = str(cfg.get("method") or (plan.get("method_names") or {}).get(label) or status_file.get("method")
+                     or label)
+        measure = (status_file.get("measure") or {}) if metrics else {}
+        error = status_file.get("error") if status != "finished" else None
+        if status == "finished" and measure.get("error"):
+            error = f"measurement failed: {measure['error']}"
+        if status == "not run":
+            error = "not run yet (rerun the comparison)"
+        memory, memory_source = peak_memory(metrics) if metrics else (None, "")
+        lr = run_cfg.get("resolved_learning_rate") if run_cfg else None
+        if lr is None:
+            lr = cfg.get("learning_rate") if cfg.get("learning_rate") is not None else _default_lr(method)
+        row: dict[str, Any] = {
+            "method": label, "status": status, "error": error,
+            "exact_match": metrics.get("exact_match"), "f1": metrics.get("f1"),
+            "HasAns_f1": metrics.get("HasAns_f1"), "NoAns_f1": metrics.get("NoAns_f1"),
+            "eval_loss": metrics.get("eval_loss"), "train_loss": metrics.get("train_loss"),
+            "train_time_s": metrics.get("train_time_s"), "peak_memory_mb": memory,
+            "trainable_params": metrics.get("trainable_params"), "trainable_pct": metrics.get("trainable_pct"),
+            "total_params": metrics.get("total_params"),
+            "adapter_size_mb": weights_size_mb(run_dir) if metrics else None,
+            "latency_p50_ms": measure.get("latency_p50_ms"), "latency_p95_ms": measure.get("latency_p95_ms"),
+            "throughput_qps": measure.get("throughput_qps"),
+            "learning_rate": float(lr) if lr is not None else None,
+            "epochs": metrics.get("epochs", cfg.get("epochs", (plan.get("shared") or {}).get("epochs"))),
+            "base_method": method, "peak_memory_source": memory_source,
+            "wall_time_s": status_file.get("wall_time_s"),
+            "train_questions": metrics.get("train_questions"), "eval_questions": metrics.get("eval_questions"),
+            "latency_questions": measure.get("latency_questions"),
+            "throughput_questions": measure.get("throughput_questions"),
+            "throughput_batch_size": measure.get("throughput_batch_size"),
+            "precision": run_cfg.get("precision_used"), "run_dir": str(run_dir),
+        }
+        records.append({"row": row, "history": history, "hyperparameters": _hyperparameters(cfg, method),
+                        "error_tail": status_file.get("error_tail") or ([error] if error else []),
+                        "measure": measure, "log": str(run_dir / LOG_FILE) if (run_dir / LOG_FILE).is_file() else None})
+    version_2 = any(r["row"]["HasAns_f1"] is not None or r["row"]["NoAns_f1"] is not None for r in records)
+    columns = BASE_COLUMNS[:5] + (V2_COLUMNS if version_2 else []) + BASE_COLUMNS[5:] + EXTRA_COLUMNS
+    return {"output": str(out.resolve()), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "setup": _setup(plan, records), "version_2": version_2, "columns": columns, "records": records}
+
+
+def _setup(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    resolved = next((c for c in (plan.get("configs") or {}).values() if c), None) or {}
+    shared = {**resolved, **(plan.get("shared") or {})}  # a method's full config has the defaults too
+    setup = {k: shared.get(k) for k in ("model", "train", "eval", "max_train_samples", "max_eval_samples", "epochs",
+                                        "seed", "max_seq_length", "doc_stride", "precision", "device")}
+    for r in records:
+        if r["row"]["status"] == "finished":
+            setup.update(train_questions=r["row"]["train_questions"], eval_questions=r["row"]["eval_questions"],
+                         precision_used=r["row"]["precision"], measured_on=r["measure"].get("device"))
+            break
+    setup["measure"] = plan.get("measure")
+    return setup
+
+
+# -- writing ----------------------------------------------------------------------------------------------
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e-3 else round(value, 4)
+    return value
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None or value == "":
+        return "–"
+    header = HEADERS.get(key)
+    try:
+        return header[1](value) if header else str(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _memory_note(rows: list[dict[str, Any]]) -> str:
+    sources = {r["peak_memory_source"] for r in rows if r["peak_memory_source"]}
+    return "; ".join(MEMORY_SOURCES.get(s, s) for s in sorted(sources)) or "not measured"
+
+
+# the Results section's two tables (a 17-column table does not fit a page): quality, then cost
+QUALITY_COLUMNS = ["method", "status", "exact_match", "f1", "HasAns_f1", "NoAns_f1", "eval_loss", "train_loss",
+                   "learning_rate", "epochs"]
+COST_COLUMNS = ["method", "train_time_s", "peak_memory_mb", "trainable_params", "trainable_pct", "total_params",
+                "adapter_size_mb", "latency_p50_ms", "latency_p95_ms", "throughput_qps"]
+
+
+def _epoch_count(records: list[dict[str, Any]]) -> int:
+    return max((len(r["history"]) for r in records), default=0)
+
+
+def _epoch_tables(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """(loss header, loss rows, F1 header, F1 rows) over finished methods."""
+    n = _epoch_count(records)
+    loss_head = ["method"] + [h for e in range(1, n + 1) for h in (f"epoch {e} train loss", f"epoch {e} val loss")]
+    f1_head = ["method"] + [f"epoch {e} F1 (%)" for e in range(1, n + 1)]
+    loss_rows, f1_rows = [], []
+    for r in records:
+        if not r["history"]:
+            continue
+        hist = r["history"] + [{}] * (n - len(r["history"]))
+        loss_rows.append([r["row"]["method"]] + [_cell("eval_loss", h.get(k)) for h in hist
+                                                 for k in ("train_loss", "eval_loss")])
+        f1_rows.append([r["row"]["method"]] + [_cell("f1", h.get("f1")) for h in hist])
+    return loss_head, loss_rows, f1_head, f1_rows
+
+
+def _describe(report: dict[str, Any]) -> str:
+    s = report["setup"]
+    n = len(report["records"])
+    done = sum(r["row"]["status"] == "finished" for r in report["records"])
+    parts = [f"{n} methods ({done} finished) on one budget: model `{s.get('model')}`",
+             f"{s.get('train_questions') or s.get('max_train_samples') or '?'} training questions from `{s.get('train')}`",
+             f"{s.get('eval_questions') or s.get('max_eval_samples') or '?'} evaluation questions from `{s.get('eval')}`",
+             f"{s.get('epochs')} epoch(s), seed {s.get('seed')}, max_seq_length {s.get('max_seq_length')}"]
+    if s.get("precision_used"):
+        parts.append(f"precision {s['precision_used']}")
+    if s.get("measured_on"):
+        parts.append(f"inference measured on {s['measured_on']}")
+    return ", ".join(parts) + "."
+
+
+def _notes(report: dict[str, Any]) -> list[str]:
+    rows = [r["row"] for r in report["records"]]
+    m = report["setup"].get("measure") or {}
+    return [
+        "EM/F1: SQuAD exact match and token F1 (%) on the evaluation set after the last epoch"
+        + ("; HasAns/NoAns F1 split answerable and unanswerable questions (SQuAD v2)." if report["version_2"] else "."),
+        "Losses: mean of the start- and end-position cross-entropy (nats); val loss on the evaluation set.",
+        "Train time: the training loop only (seconds, evaluation and loading excluded).",
+        f"Peak memory: {_memory_note(rows)} (MB = 2^20 bytes), data loading and evaluation included.",
+        "Trainable params: parameters updated by the method; % of total counts the adapter in the total.",
+        "Weights on disk: the weight files the run saved (the adapter for PEFT methods, the whole model for full).",
+        f"Latency: end-to-end `qatune.load(run).answer_batch` per question at batch 1 over the first "
+        f"{m.get('latency_questions', 50)} evaluation questions (p50/p95, ms); throughput: questions/s at batch "
+        f"{m.get('throughput_batch_size', 32)} over up to {m.get('throughput_questions', 256)} questions. "
+        "LoRA/LoHa/IA3 are merged into the base weights for inference; prefix/prompt methods are not mergeable.",
+        "See docs/compare.md for how to read this report.",
+    ]
+
+
+def _md_escape(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _results_table(report: dict[str, Any], which: list[str]) -> tuple[list[str], list[list[str]]]:
+    cols = [c for c in which if c in report["columns"]]
+    head = [HEADERS[c][0] for c in cols]
+    rows = [[_cell(c, r["row"].get(c)) for c in cols] for r in report["records"]]
+    return head, rows
+
+
+def _failures(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    return [(r["row"]["method"], str(r["row"]["error"]), r["log"]) for r in report["records"] if r["row"]["error"]]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# qatune compare: {Path(report['output']).name}", "", _describe(report), "",
+             f"Generated {report['generated']}; rebuild with `qatune report {report['output']}`.", "",
+             "## Results: quality", ""]
+    lines += _md_table(*_results_table(report, QUALITY_COLUMNS))
+    lines += ["", "## Results: cost", ""]
+    lines += _md_table(*_results_table(report, COST_COLUMNS))
+    failures = _failures(report)
+    if failures:
+        lines += ["", "## Problems", ""]
+        lines += [f"- **{label}**: {_md_escape(err)}" + (f" (log: `{log}`)" if log else "") for label, err, log in failures]
+    loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"])
+    if loss_rows:
+        lines += ["", "## Loss per epoch", "", "Mean start/end cross-entropy (nats).", ""]
+        lines += _md_table(loss_head, loss_rows)
+        lines += ["", "## F1 per epoch", "", "SQuAD token F1 (%) on the evaluation set after each epoch.", ""]
+        lines += _md_table(f1_head, f1_rows)
+    lines += ["", "## How to read this", ""] + [f"- {n}" for n in _notes(report)]
+    plots = [p for p in PLOTS if (Path(report["output"]) / f"{p}.png").is_file()]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{PLOTS[p]}]({p}.png)" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(head: list[str], rows: list[list[str]], statuses: list[str] | None = None) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{html.escape(statuses[i].replace(" ", "-"))}"' if statuses else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f2f2f2;white-space:normal;vertical-align:bottom;max-width:9em}td:first-child,th:first-child{text-align:left;font-weight:600}
+tr.failed td,tr.interrupted td,tr.not-run td{background:#fdecea}
+figure{margin:16px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}
+code{background:#f5f5f5;padding:1px 4px}li{margin:4px 0}
+"""
+
+
+def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
+    esc = html.escape
+    statuses = [r["row"]["status"] for r in report["records"]]
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>qatune compare: {esc(Path(report['output']).name)}</title><style>{CSS}</style></head><body>",
+             f"<h1>qatune compare: {esc(Path(report['output']).name)}</h1>",
+             f"<p>{esc(_describe(report)).replace('`', '')}</p>",
+             f"<p>Generated {esc(report['generated'])}; rebuild with <code>qatune report {esc(report['output'])}</code>.</p>",
+             "<h2>Results: quality</h2>", _html_table(*_results_table(report, QUALITY_COLUMNS), statuses),
+             "<h2>Results: cost</h2>", _html_table(*_results_table(report, COST_COLUMNS), statuses)]
+    failures = _failures(report)
+    if failures:
+        parts.append("<h2>Problems</h2><ul>" + "".join(
+            f"<li><b>{esc(label)}</b>: {esc(err)}" + (f" (log: <code>{esc(log)}</code>)" if log else "") + "</li>"
+            for label, err, log in failures) + "</ul>")
+    loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"])
+    if loss_rows:
+        parts += ["<h2>Loss per epoch</h2><p>Mean start/end cross-entropy (nats).</p>", _html_table(loss_head, loss_rows),
+                  "<h2>F1 per epoch</h2><p>SQuAD token F1 (%) on the evaluation set after each epoch.</p>",
+                  _html_table(f1_head, f1_rows)]
+    if images:
+        parts.append("<h2>Plots</h2>")
+        for stem, png in images.items():
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f'<figure><img alt="{esc(PLOTS[stem])}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{esc(PLOTS[stem])}</figcaption></figure>")
+    else:
+        parts.append("<h2>Plots</h2><p>No finished methods to plot yet.</p>")
+    parts.append("<h2>How to read this</h2><ul>" + "".join(
+        f"<li>{esc(n).replace('`', '')}</li>" for n in _notes(report)) + "</ul></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# -- plots ------------------------------------------------------------------------------------------------
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _colors(labels: list[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {label: cmap(i % 10) for i, label in enumerate(labels)}
+
+
+def _bars(rows: list[dict[str, Any]], key: str, xlabel: str, title: str, colors: dict[str, Any],
+          fmt: Callable[[float], str]) -> bytes | None:
+    data = [(r["method"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    if not data:
+        return None
+    fig = _figure(8, 0.9 + 0.45 * len(data))
+    ax = fig.add_subplot()
+    names = [d[0] for d in data][::-1]
+    values = [d[1] for d in data][::-1]
+    bars = ax.barh(names, values, color=[colors[n] for n in names])
+    ax.bar_label(bars, labels=[fmt(v) for v in values], padding=3, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.set_xlim(0, max(values) * 1.18 or 1)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """PNG bytes per plot stem, for the finished methods."""
+    finished = [r for r in report["records"] if r["row"]["status"] == "finished"]
+    if not finished:
+        return {}
+    rows = [r["row"] for r in finished]
+    colors = _colors([r["row"]["method"] for r in report["records"]])
+    images: dict[str, bytes] = {}
+
+    fig = _figure(11, 4.6)
+    axes = fig.subplots(1, 2)
+    plotted = False
+    for ax, key, title in ((axes[0], "train_loss", "Training loss"), (axes[1], "eval_loss", "Validation loss")):
+        for r in finished:
+            points = [(h["epoch"], h[key]) for h in r["history"] if isinstance(h.get(key), (int, float))]
+            if points:
+                plotted = True
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=r["row"]["method"],
+                        color=colors[r["row"]["method"]], linestyle="-" if key == "train_loss" else "--")
+        ax.set_title(f"{title} per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (mean start/end cross-entropy)")
+        epochs = max((len(r["history"]) for r in finished), default=1)
+        ax.set_xticks(range(1, epochs + 1))
+        ax.set_xlim(0.5, epochs + 0.5)
+        ax.grid(alpha=0.3)
+    if plotted:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", title="method", fontsize=9)
+        images["loss_curves"] = _png(fig)
+
+    points = [r for r in rows if isinstance(r.get("f1"), (int, float)) and (r.get("trainable_params") or 0) > 0]
+    if points:
+        fig = _figure(8, 5)
+        ax = fig.add_subplot()
+        for r in points:
+            ax.scatter(r["trainable_params"], r["f1"], s=60, color=colors[r["method"]], zorder=3)
+            ax.annotate(r["method"], (r["trainable_params"], r["f1"]), textcoords="offset points", xytext=(6, 5),
+                        fontsize=9)
+        ax.set_xscale("log")
+        xs = [r["trainable_params"] for r in points]
+        ax.set_xlim(min(xs) / 3, max(xs) * 4)
+        ys = [r["f1"] for r in points]
+        pad = max(2.0, (max(ys) - min(ys)) * 0.15)
+        ax.set_ylim(max(0.0, min(ys) - pad), min(100.0, max(ys) + pad) if max(ys) + pad > min(ys) else max(ys) + 1)
+        ax.set_xlabel("trainable parameters (log scale)")
+        ax.set_ylabel("F1 on the evaluation set (%)")
+        ax.set_title("F1 vs trainable parameters")
+        ax.grid(alpha=0.3, which="both")
+        images["f1_vs_params"] = _png(fig)
+
+    png = _bars(rows, "train_time_s", "training time (s, training loop only)", "Training time", colors,
+                lambda v: f"{v:,.1f} s")
+    if png:
+        images["train_time"] = png
+    png = _bars(rows, "peak_memory_mb", f"peak memory (MB; {_memory_note(rows)})", "Peak memory during training",
+                colors, lambda v: f"{v:,.0f} MB")
+    if png:
+        images["peak_memory"] = png
+    return images
+
+
+# -- entry point ------------------------------------------------------------------------------------------
+
+def write_report(out: str | Path, plots: bool = True) -> list[dict[str, Any]]:
+    """(Re)write every report file in ``out`` from its run directories; returns the CSV rows.
+
+    ``plots=False`` (used between methods while a comparison runs) writes the CSV, Markdown and JSON only.
+    """
+    out = Path(out)
+    report = collect(out)
+    rows = [r["row"] for r in report["records"]]
+    images: dict[str, bytes] = {}
+    if plots:
+        images = make_plots(report)
+        for stem in PLOTS:
+            path = out / f"{stem}.png"
+            if stem in images:
+                path.write_bytes(images[stem])
+            elif path.exists():
+                path.unlink()  # stale plot from an earlier report
+    with open(out / "report.csv.tmp", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=report["columns"], extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in report["columns"]})
+    (out / "report.csv.tmp").replace(out / "report.csv")
+    (out / "report.md").write_text(render_markdown(report))
+    write_json(out / "report.json", {
+        "output": report["output"], "generated": report["generated"], "setup": report["setup"],
+        "version_2": report["version_2"], "columns": report["columns"],
+        "plots": [f"{stem}.png" for stem in images] if plots else [],
+        "methods": [{**r["row"], "history": r["history"], "hyperparameters": r["hyperparameters"],
+                     "error_tail": r["error_tail"], "measure": r["measure"], "log": r["log"]}
+                    for r in report["records"]],
+    })
+    if plots:
+        (out / "report.html").write_text(render_html(report, images))
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Short per-method summary for the CLI's JSON output."""
+    return {r["method"]: {k: r[k] for k in ("status", "f1", "exact_match", "train_time_s", "error")
+                          if r.get(k) is not None} for r in rows}
+
+
+__all__ = ["REPORT_FILES", "PLOTS", "collect", "make_plots", "render_html", "render_markdown", "summary",
+           "write_report"]
