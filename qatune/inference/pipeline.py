@@ -10,7 +10,9 @@ serves through exactly the same pre- and post-processing as the PyTorch one.
 
 from __future__ import annotations
 
+import numbers
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -65,6 +67,15 @@ class TorchRunner:
 RUNNER_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., tuple[Runner, Any, dict[str, Any]]]]] = []
 
 
+def _register_builtin_loaders() -> None:
+    from qatune.export.runner import register  # numpy only: onnxruntime is imported when an export loads
+
+    register(RUNNER_LOADERS)
+
+
+_register_builtin_loaders()
+
+
 class QAPipeline:
     def __init__(self, runner: Runner, tokenizer: Any, run_config: dict[str, Any] | None = None,
                  null_threshold: float | None = None) -> None:
@@ -79,6 +90,9 @@ class QAPipeline:
         self.version_2 = bool(cfg.get("version_2_model", False))
         threshold = null_threshold if null_threshold is not None else cfg.get("null_threshold")
         self.null_threshold = float(threshold) if threshold is not None else 0.0
+        # Fast tokenizers change their truncation state per call and the model is not meant to run twice at
+        # once: threads sharing one pipeline (a web server's workers) take turns.
+        self._lock = threading.Lock()
 
     # -- core ------------------------------------------------------------------------------------
     def decode_examples(self, examples: Sequence[QAExample], batch_size: int = 64, progress: bool = False,
@@ -106,6 +120,8 @@ class QAPipeline:
     def answer_batch(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, top_k: int = 1,
                      progress: bool = False) -> list[Any]:
         """Answers for many (question, context) pairs; windows of all questions are batched together."""
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+            raise DataError(f"top_k must be an integer >= 1, got {top_k!r}")
         examples = []
         for i, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -118,7 +134,8 @@ class QAPipeline:
             examples.append(QAExample(id=str(i), question=question, context=context))
         if not examples:
             return []
-        decoded = self.decode_examples(examples, batch_size=batch_size, progress=progress, top_k=top_k)
+        with self._lock:
+            decoded = self.decode_examples(examples, batch_size=batch_size, progress=progress, top_k=top_k)
         out: list[Any] = []
         for d in decoded:
             answers = self._answers(d, top_k)

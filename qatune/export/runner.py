@@ -1,0 +1,216 @@
+"""Running an exported ONNX model with ONNX Runtime, behind the same runner interface as PyTorch.
+
+An export directory (``model.onnx`` + tokenizer + ``qatune.yaml``) loads through ``qatune.load`` /
+``load_pipeline`` like any run: :func:`register` adds ``(is_onnx_export, load_onnx_export)`` to
+``qatune.inference.pipeline.RUNNER_LOADERS``, so ``qatune predict``/``evaluate``/``serve`` run it with the
+same tokenization, windowing and answer decoding as the PyTorch model.
+
+Execution providers: ``device="auto"`` picks TensorRT > CUDA > CPU among those this onnxruntime build
+has (GPU ones only when a CUDA GPU is present); ``device="cpu"`` forces CPU; an explicit ``providers``
+list (or the ``QATUNE_ORT_PROVIDERS`` environment variable, e.g. ``cuda,cpu``) wins over both.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from qatune.errors import ConfigError, ModelError
+from qatune.tasks.qa.features import QAFeatures, sorted_batches
+
+MODEL_FILE = "model.onnx"
+EXPORT_FILE = "export.json"
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError("ONNX models need onnxruntime: pip install 'qatune[export]' "
+                         "(or onnxruntime-gpu for CUDA/TensorRT)") from None
+    return onnxruntime
+
+
+def cuda_gpu_present() -> bool:
+    """A CUDA GPU is visible (device nodes, or torch sees one); ORT's provider list alone does not say so."""
+    if glob.glob("/dev/nvidia[0-9]*"):
+        return True
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def available_providers() -> list[str]:
+    return list(import_onnxruntime().get_available_providers())
+
+
+def resolve_providers(providers: str | Sequence[str] | None = None, device: str = "auto") -> list[str]:
+    """Execution providers, best first, always ending with CPU as the fallback for unsupported nodes."""
+    available = available_providers()
+    if providers is None:
+        providers = os.environ.get("QATUNE_ORT_PROVIDERS") or None
+    if providers is not None:
+        names = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else list(providers)
+        out = []
+        for name in filter(None, names):
+            full = PROVIDER_ALIASES.get(name.lower(), name)
+            if full not in available:
+                raise ConfigError(f"execution provider '{name}' is not available in this onnxruntime build; "
+                                  f"available: {', '.join(available)}")
+            if full in GPU_PROVIDERS and not cuda_gpu_present():
+                raise ConfigError(f"execution provider '{name}' needs a CUDA GPU and none is present; use cpu")
+            out.append(full)
+        if not out:
+            raise ConfigError("no execution provider given (e.g. --providers cuda,cpu)")
+    elif device == "cpu":
+        out = []
+    elif device == "auto" or device.startswith("cuda"):
+        gpu = cuda_gpu_present()
+        out = [p for p in GPU_PROVIDERS if p in available and gpu]
+        if device.startswith("cuda") and not out:
+            raise ConfigError("device=cuda was requested but no CUDA GPU / CUDA-enabled onnxruntime "
+                              "(onnxruntime-gpu) is available; use device=cpu")
+    else:
+        raise ConfigError(f"unknown device '{device}' for an ONNX model; use auto, cpu or cuda")
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def _provider_options(name: str, precision: str, quantization: str) -> dict[str, Any]:
+    if name != "TensorrtExecutionProvider":
+        return {}
+    cache = Path(os.environ.get("QATUNE_CACHE_DIR", Path.home() / ".cache" / "qatune")) / "tensorrt"
+    cache.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_fp16_enable": precision in ("auto", "fp16", "int8"),
+        # INT8 in TensorRT takes the scales from the Q/DQ nodes of a statically quantized export
+        "trt_int8_enable": precision == "int8" or quantization == "int8-static",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+    }
+
+
+def pad_batch(features: QAFeatures, indices: Sequence[int], pad_token_id: int, input_names: Sequence[str],
+              multiple: int = 8) -> dict[str, np.ndarray]:
+    """numpy int64 feeds for the windows ``indices``, padded to their longest (rounded up to ``multiple``)."""
+    longest = max(len(features.input_ids[i]) for i in indices)
+    width = -(-longest // multiple) * multiple
+    n = len(indices)
+    ids = np.full((n, width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    types = np.zeros((n, width), dtype=np.int64)
+    for row, i in enumerate(indices):
+        length = len(features.input_ids[i])
+        ids[row, :length] = features.input_ids[i]
+        mask[row, :length] = 1
+        if features.token_type_ids is not None:
+            types[row, :length] = features.token_type_ids[i]
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: arrays[name] for name in input_names}
+
+
+class OnnxRunner:
+    """Start/end logits from an ONNX model: length-sorted batches, dynamic padding, unpadded float32 out."""
+
+    def __init__(self, model_path: str | os.PathLike, pad_token_id: int = 0,
+                 providers: str | Sequence[str] | None = None, device: str = "auto", precision: str = "auto",
+                 quantization: str = "none", threads: int | None = None) -> None:
+        ort = import_onnxruntime()
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelError(f"ONNX model {self.model_path} does not exist")
+        self.providers = resolve_providers(providers, device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        provider_list = [(p, _provider_options(p, precision, quantization)) for p in self.providers]
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), options, providers=provider_list)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several types for an unreadable/invalid graph
+            raise ModelError(f"ONNX Runtime could not load {self.model_path}: {exc}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        unknown = set(self.input_names) - set(INPUT_NAMES)
+        if unknown:
+            raise ModelError(f"{self.model_path}: unexpected model inputs {sorted(unknown)}; "
+                             f"qatune exports take {', '.join(INPUT_NAMES)}")
+        self.pad_token_id = pad_token_id
+
+    @property
+    def active_providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def __call__(self, features: QAFeatures, batch_size: int, progress: bool = False
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        from tqdm.auto import tqdm
+
+        starts: list[np.ndarray] = [np.zeros(0, np.float32)] * len(features)
+        ends: list[np.ndarray] = [np.zeros(0, np.float32)] * len(features)
+        lengths = features.lengths
+        batches = list(sorted_batches(lengths, batch_size))
+        for indices in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
+            feeds = pad_batch(features, indices, self.pad_token_id, self.input_names)
+            start, end = self.session.run(["start_logits", "end_logits"], feeds)
+            start = np.asarray(start, dtype=np.float32)
+            end = np.asarray(end, dtype=np.float32)
+            for row, i in enumerate(indices):
+                n = int(lengths[i])
+                starts[i] = start[row, :n]
+                ends[i] = end[row, :n]
+        return starts, ends
+
+
+def is_onnx_export(path: Path) -> bool:
+    return (Path(path) / MODEL_FILE).is_file()
+
+
+def read_export_info(path: str | os.PathLike) -> dict[str, Any]:
+    import json
+
+    file = Path(path) / EXPORT_FILE
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_onnx_export(path: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                     providers: str | Sequence[str] | None = None, threads: int | None = None
+                     ) -> tuple[OnnxRunner, Any, dict[str, Any]]:
+    """``(runner, tokenizer, run_config)`` for an export dir. ``precision`` only matters for TensorRT
+    (fp32 turns its fp16 mode off); the export's own precision (fp32/int8/fp16) is fixed."""
+    from qatune.artifacts import read_run_config
+    from qatune.models import load_tokenizer
+
+    path = Path(path)
+    run_cfg = read_run_config(path)
+    tokenizer = load_tokenizer(str(path))
+    quantization = str(read_export_info(path).get("quantization", "none"))
+    runner = OnnxRunner(path / MODEL_FILE, pad_token_id=tokenizer.pad_token_id or 0, providers=providers,
+                        device=device, precision=precision, quantization=quantization, threads=threads)
+    return runner, tokenizer, run_cfg
+
+
+def register(loaders: list[tuple[Callable[[Path], bool], Callable[..., Any]]]) -> None:
+    """Add the ONNX loader to a ``RUNNER_LOADERS`` list (idempotent)."""
+    entry = (is_onnx_export, load_onnx_export)
+    if entry not in loaders:
+        loaders.append(entry)
