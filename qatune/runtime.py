@@ -55,6 +55,12 @@ def autocast(device: Any, precision: str) -> Iterator[None]:
         yield
 
 
+# --- process group ---------------------------------------------------------------------------------
+# torchrun, ``accelerate launch`` (multi-process: it runs torch.distributed.run) and the Kubeflow
+# PyTorchJob (through torchrun) all describe the job with the same variables: WORLD_SIZE, RANK,
+# LOCAL_RANK, MASTER_ADDR, MASTER_PORT. Nothing here depends on which launcher started the process.
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
@@ -63,8 +69,86 @@ def rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def dist_backend(device_type: str) -> str:
+    """nccl for CUDA training, gloo on CPU; ``QATUNE_DIST_BACKEND`` overrides (e.g. ``mpi``)."""
+    return os.environ.get("QATUNE_DIST_BACKEND") or ("nccl" if device_type == "cuda" else "gloo")
+
+
+def dist_timeout_s() -> float:
+    """Collective timeout. Rank 0 evaluates while the others wait, so it must exceed one evaluation."""
+    return float(os.environ.get("QATUNE_DIST_TIMEOUT_S", 3600))
+
+
+def init_process_group(device: Any) -> bool:
+    """Join the job's process group if launched with WORLD_SIZE > 1. Returns True if this call created it
+    (the caller then destroys it); False if single-process or a caller (e.g. accelerate) already did."""
+    import datetime
+
+    import torch
+
+    if world_size() <= 1 or torch.distributed.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend=dist_backend(device.type),
+                                         timeout=datetime.timedelta(seconds=dist_timeout_s()))
+    return True
+
+
+def distributed() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
+def barrier() -> None:
+    import torch
+
+    if distributed():
+        torch.distributed.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (pickled; for small things: records, flags, decisions)."""
+    import torch
+
+    if not distributed():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's ``obj`` as a list on rank ``dst`` (None elsewhere)."""
+    import torch
+
+    if not distributed():
+        return [obj]
+    out: list[Any] | None = [None] * torch.distributed.get_world_size() if rank() == dst else None
+    torch.distributed.gather_object(obj, out, dst=dst)
+    return out
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. fills an on-disk cache), the other ranks after it (and hit the cache)."""
+    if not is_main_process():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main_process():
+            barrier()
 
 
 def set_threads(num_threads: int | None) -> None:

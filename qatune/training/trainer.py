@@ -139,7 +139,7 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
 def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResult:
     out = Path(cfg.output)
     distributed = runtime.distributed()
-    world, rank = runtime.world_size(), runtime.rank()
+    world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
     is_main = rank == 0
 
     def check_output() -> None:
