@@ -42,11 +42,35 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir)
     cfg_file = path / RUN_CONFIG
     if not path.exists():
-        raise ModelError(f"run directory {path} does not exist")
+        raise ModelError(f"run directory {path} does not exist; pass a directory written by "
+                         "`qatune train --output DIR`")
     if not cfg_file.is_file():
-        raise ModelError(f"{path} is not a qatune run directory (no {RUN_CONFIG}); pass the --output "
-                         "directory of `qatune train`, or a Hugging Face model dir with --model")
-    return yaml.safe_load(cfg_file.read_text()) or {}
+        raise ModelError(f"{path} is not a qatune run directory (no {RUN_CONFIG}); pass a directory written "
+                         "by `qatune train --output DIR`. To fine-tune a Hugging Face model dir, use "
+                         "`qatune train --model DIR`")
+    try:
+        data = yaml.safe_load(cfg_file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{cfg_file} is damaged (not valid YAML: {exc}); retrain into a new --output") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{cfg_file} is damaged (not a mapping of keys to values); retrain into a new --output")
+    return data
+
+
+def base_model_of(run_cfg: dict[str, Any]) -> str:
+    """The run's base model: its ``model`` (alias, hub id or a path valid from here), else the absolute
+    ``base_model_path`` recorded at training time (a relative ``--model`` path from another directory)."""
+    from qatune.models import ALIASES
+
+    name = str(run_cfg.get("model") or "")
+    saved = run_cfg.get("base_model_path")
+    if name in ALIASES or (name and Path(name).expanduser().exists()):
+        return name
+    if saved and Path(str(saved)).expanduser().exists():
+        return str(saved)
+    if not name:
+        raise ModelError("the run's qatune.yaml names no base model ('model'); retrain into a new --output")
+    return name
 
 
 def load_trained_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0
@@ -66,11 +90,12 @@ def load_trained_model(run_dir: str | os.PathLike, merge: bool = True, attention
     else:
         from peft import PeftModel
 
-        base = load_model_for_task(run_cfg["model"], task.auto_class, attention_dropout=attention_dropout)
+        base_name = base_model_of(run_cfg)
+        base = load_model_for_task(base_name, task.auto_class, attention_dropout=attention_dropout)
         try:
             model = PeftModel.from_pretrained(base, str(path))
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"adapter in {path} could not be loaded onto base model '{run_cfg['model']}': {exc}") from None
+            raise ModelError(f"adapter in {path} could not be loaded onto base model '{base_name}': {exc}") from None
         if merge and method.mergeable:
             model = model.merge_and_unload()
     model.eval()

@@ -39,7 +39,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     max_seq_length: int = 384
-    doc_stride: int = 128
+    doc_stride: int = 128  # not given and max_seq_length too short for it: see _auto_doc_stride
     n_best: int = 20
     max_answer_length: int = 30
     precision: str = "auto"  # auto | bf16 | fp32
@@ -70,34 +70,61 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Coerce YAML/CLI values to the field's type, with a message naming the key."""
-    if value is None:
-        return None
-    want = type(default) if default is not None else None
-    annotation = str(_FIELDS[key].type)
-    try:
-        if "bool" in annotation and not isinstance(value, bool):
-            if str(value).lower() in {"true", "1", "yes", "on"}:
-                return True
-            if str(value).lower() in {"false", "0", "no", "off"}:
-                return False
-            raise ValueError(value)
+def _type_error(key: str, value: Any, kind: str) -> ConfigError:
+    return ConfigError(f"config key '{key}': {value!r} is not a valid {kind}")
+
+
+def _convert(key: str, value: Any, kind: str) -> Any:
+    """``value`` as ``kind`` (bool, int, float or str); bools are never numbers, 2.5 is never an int."""
+    if kind == "bool":
         if isinstance(value, bool):
             return value
-        if want is int or annotation.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if want is float or annotation.startswith("float"):
-            return float(value)
-        if want is str or annotation.startswith("str"):
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"config key '{key}': {value!r} is not a valid {annotation.replace(' | None', '')}"
-        ) from None
+        if str(value).lower() in {"true", "1", "yes", "on"}:
+            return True
+        if str(value).lower() in {"false", "0", "no", "off"}:
+            return False
+        raise _type_error(key, value, "bool (true or false)")
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise _type_error(key, value, kind)
+        try:
+            number = float(value)
+        except ValueError:
+            raise _type_error(key, value, kind) from None
+        if kind == "float":
+            return number
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise _type_error(key, value, kind) from None
+        if not number.is_integer():
+            raise _type_error(key, value, kind)
+        return int(number)
+    if kind == "str":
+        if isinstance(value, (dict, list)):
+            raise _type_error(key, value, "string")
+        return str(value)
     return value
+
+
+def _field_kind(key: str) -> tuple[str | None, bool]:
+    """(bool/int/float/str or None, optional) from the field's annotation, e.g. 'int | None' -> ('int', True)."""
+    annotation = str(_FIELDS[key].type)
+    optional = "None" in annotation
+    base = annotation.replace(" | None", "").strip()
+    return (base if base in ("bool", "int", "float", "str") else None), optional
+
+
+def _coerce(key: str, value: Any, default: Any = None) -> Any:
+    """Coerce YAML/CLI values to the field's type, with a message naming the key."""
+    kind, optional = _field_kind(key)
+    if value is None:
+        if optional or kind is None:
+            return None
+        raise ConfigError(f"config key '{key}' needs a value (a {kind}); remove the key to use the default "
+                          f"({getattr(TrainConfig, key, None)!r})")
+    return _convert(key, value, kind) if kind else value
 
 
 def _parse_scalar(text: str) -> Any:
@@ -116,12 +143,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, value = item.split("=", 1)
         key = key.strip().lstrip("-").replace("-", "_")
         parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override '{item}': '{key}' is not a valid key (e.g. epochs=2 or lora.r=16)")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = _parse_scalar(value)
+        if len(parts) == 1 and parts[0] in _FIELDS and _field_kind(parts[0])[0] == "str":
+            # text fields keep the text as typed: YAML would turn run_name=0x10 into 16, experiment=yes into True
+            node[parts[0]] = None if value.strip() in ("", "null", "~") else value
+        else:
+            node[parts[-1]] = _parse_scalar(value)
     return out
 
 
@@ -138,28 +171,97 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
             continue
         if norm in _FIELDS:
             kwargs[norm] = _coerce(norm, value, getattr(defaults, norm))
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and norm in registry.names():
             method_options.setdefault(norm, {}).update(value)
         else:
-            known = ", ".join(sorted(_FIELDS))
-            raise ConfigError(f"{source}: unknown key '{key}'. Known keys: {known}, or a method section "
-                              f"such as 'lora:' ({', '.join(registry.names())}).")
+            known = ", ".join(sorted(k for k in _FIELDS if k != "method_options"))
+            raise ConfigError(f"{source}: unknown key '{key}'. Known keys: {known}; or a method section "
+                              f"such as 'lora:' (one of {', '.join(registry.names())}).")
+    for name, options in method_options.items():
+        method_options[name] = _method_section(name, options, source)
+    if "doc_stride" not in kwargs and "max_seq_length" in kwargs:
+        kwargs["doc_stride"] = _auto_doc_stride(kwargs["max_seq_length"], defaults.doc_stride)
     cfg = TrainConfig(**kwargs, method_options=method_options)
     validate(cfg)
     return cfg
+
+
+# option -> accepted kind, for options whose default (None) does not tell
+_OPTION_KINDS = {"layers": "int", "target_modules": "modules", "feedforward_modules": "modules"}
+
+
+def _method_section(name: str, options: Any, source: str) -> dict[str, Any]:
+    """Check a method section (``lora: {r: 16}``): known method, known options, right types."""
+    from qatune.methods import registry
+
+    if name not in registry.names():
+        raise ConfigError(f"{source}: unknown method section '{name}:'; methods are {', '.join(registry.names())}")
+    if not isinstance(options, dict):
+        raise ConfigError(f"{source}: method section '{name}' must be a mapping of options, got {options!r}")
+    method = registry.get(name)
+    out: dict[str, Any] = {}
+    for opt, value in options.items():
+        key = f"{name}.{opt}"
+        if opt not in method.defaults and name != "peft":
+            known = ", ".join(sorted(method.defaults)) or "none"
+            raise ConfigError(f"{source}: unknown option '{key}'. Options of method '{name}': {known}")
+        default = method.defaults.get(opt)
+        kind = _OPTION_KINDS.get(opt) or (type(default).__name__ if default is not None else None)
+        if value is None or kind is None or name == "peft":
+            out[opt] = value
+        elif kind == "modules":
+            ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            if not ok:
+                raise _type_error(key, value, "module name or list of module names (e.g. [query, value])")
+            out[opt] = value
+        else:
+            out[opt] = _convert(key, value, kind)
+            if opt == "layers" and out[opt] < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1 (train only the last N layers), got {value!r}")
+    return out
+
+
+# special tokens a question/context pair adds: 3 for BERT ([CLS] q [SEP] c [SEP]), 4 for RoBERTa
+_PAIR_SPECIAL_TOKENS = 4
+
+
+def _max_doc_stride(max_seq_length: int) -> int:
+    """Largest stride a window can have: besides the overlap it needs the special tokens, at least one
+    question token and one new context token (the tokenizer aborts with a Rust panic otherwise)."""
+    return max_seq_length - _PAIR_SPECIAL_TOKENS - 2
+
+
+def _auto_doc_stride(max_seq_length: Any, default: int) -> Any:
+    """The documented default (128) where it leaves room for a full 64-token question, else a quarter of
+    the window (128 -> 32), so ``max_seq_length=128`` alone just works."""
+    from qatune.tasks.qa.features import MAX_QUERY_TOKENS
+
+    if not isinstance(max_seq_length, int) or default + MAX_QUERY_TOKENS + _PAIR_SPECIAL_TOKENS < max_seq_length:
+        return default
+    return max(0, min(default, max_seq_length // 4, _max_doc_stride(max_seq_length)))
 
 
 def validate(cfg: TrainConfig) -> None:
     from qatune.methods import registry
 
     registry.get(cfg.method)  # raises a ConfigError listing the methods
+    for name in ("model", "output", "task"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"config key '{name}' must not be empty")
     if cfg.epochs <= 0:
         raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
     for name in ("batch_size", "eval_batch_size", "grad_accum", "max_seq_length", "n_best", "max_answer_length"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if not 0 <= cfg.doc_stride < cfg.max_seq_length:
-        raise ConfigError(f"doc_stride must be in [0, max_seq_length), got {cfg.doc_stride}")
+    limit = _max_doc_stride(cfg.max_seq_length)
+    if limit < 0:
+        raise ConfigError(f"max_seq_length must be at least {_PAIR_SPECIAL_TOKENS + 2} (special tokens, question "
+                          f"and context), got {cfg.max_seq_length}")
+    if not 0 <= cfg.doc_stride <= limit:
+        raise ConfigError(f"doc_stride must be in [0, {limit}] for max_seq_length={cfg.max_seq_length} (each "
+                          f"window needs special tokens, the question and new context beyond the overlap), got "
+                          f"{cfg.doc_stride}; lower doc_stride (e.g. doc_stride={cfg.max_seq_length // 4}) or "
+                          "raise max_seq_length")
     if cfg.precision not in {"auto", "bf16", "fp32"}:
         raise ConfigError(f"precision must be auto, bf16 or fp32, got '{cfg.precision}'")
     for name in ("max_train_samples", "max_eval_samples"):

@@ -25,9 +25,16 @@ ALIASES: dict[str, Any] = {"minilm": _minilm_path}
 
 
 def resolve_model(name: str) -> str:
-    """Return a local path or hub id for ``name``; aliases resolve to the embedded model's directory."""
+    """Return a local path or hub id for ``name``; aliases resolve to the embedded model's directory.
+
+    An existing local path comes back absolute, so a run records a base model that loads from any
+    working directory (``--model ./my-model`` then ``qatune predict`` elsewhere).
+    """
     if name in ALIASES:
         return ALIASES[name]()
+    local = Path(name).expanduser()
+    if local.exists():
+        return str(local.resolve())
     return name
 
 
@@ -36,7 +43,7 @@ def _load_error(name: str, exc: Exception) -> ModelError:
     if local.exists():
         return ModelError(f"model directory {local} could not be loaded: {exc}. It must be a Hugging Face "
                           "model directory with config.json and weights (or a qatune run directory).")
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
     why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hugging Face hub could not be reached or has no such model"
     return ModelError(
         f"model '{name}' is not a local directory and could not be fetched ({why}). "

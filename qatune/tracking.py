@@ -13,6 +13,8 @@ from typing import Any
 
 from qatune.runtime import is_main_process
 
+PARENT_RUN_ENV = "QATUNE_PARENT_RUN_ID"  # parent MLflow run id for nested runs (set by qatune compare)
+
 
 def default_tracking_uri(output_dir: Path) -> str:
     return f"sqlite:///{output_dir.resolve().parent / 'mlflow.db'}"
@@ -26,6 +28,24 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+# runs this process started and has not ended: a training that died with an exception leaves its run
+# active in MLflow's in-process stack, which would block the next training's start_run
+_OPEN_RUNS: dict[str, str] = {}  # run id -> tracking URI
+
+
+def _end_leftover_run(mlflow: Any) -> None:
+    """End (FAILED) a run of ours that a training which raised left active; never a user's own run."""
+    active = mlflow.active_run()
+    if active is None or active.info.run_id not in _OPEN_RUNS:
+        return
+    uri = _OPEN_RUNS.pop(active.info.run_id)
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.end_run(status="FAILED")  # pops the run first, so even a failure below leaves it inactive
+    except Exception:  # noqa: BLE001 - best effort: that store may be gone
+        pass
+
+
 class Tracker:
     def __init__(self, enabled: bool, output_dir: Path, uri: str | None = None, experiment: str = "qatune",
                  run_name: str | None = None) -> None:
@@ -36,6 +56,8 @@ class Tracker:
         self.run_name = run_name or output_dir.name
         self.run_id: str | None = None
         self._mlflow: Any = None
+        self._last_step = 0
+        self._logged: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
 
     def _fail(self, exc: Exception) -> None:
         print(f"qatune: MLflow tracking disabled after an error ({self.uri}): {exc}", file=sys.stderr)
@@ -45,11 +67,15 @@ class Tracker:
               ) -> str | None:
         if not self.enabled:
             return None
+        # `qatune compare` runs each method as a `qatune train` subprocess nested under its own run
+        parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
         try:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             import mlflow
 
             self._mlflow = mlflow
+            if parent_run_id is None:
+                _end_leftover_run(mlflow)
             mlflow.set_tracking_uri(self.uri)
             if mlflow.get_experiment_by_name(self.experiment) is None:
                 location = None
@@ -60,6 +86,7 @@ class Tracker:
             run = mlflow.start_run(run_name=self.run_name, nested=parent_run_id is not None,
                                    parent_run_id=parent_run_id, tags=tags)
             self.run_id = run.info.run_id
+            _OPEN_RUNS[self.run_id] = self.uri
             flat: dict[str, Any] = {}
             _flatten("", params, flat)
             mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in flat.items()})
@@ -68,9 +95,23 @@ class Tracker:
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log numeric metrics at ``step``.
+
+        Without a step (final/summary metrics) they go to the last step logged, not to step 0 (which would
+        put the final value before the first epoch in MLflow's charts), and a metric already logged there
+        with the same value is not logged again (so ``train_loss`` has one point per epoch).
+        """
         if not self.enabled:
             return
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if step is None:
+            step = self._last_step
+            numeric = {k: v for k, v in numeric.items() if self._logged.get(k) != (step, v)}
+        else:
+            self._last_step = max(self._last_step, step)
+        self._logged.update({k: (step, v) for k, v in numeric.items()})
+        if not numeric:
+            return
         try:
             self._mlflow.log_metrics(numeric, step=step)
         except Exception as exc:  # noqa: BLE001
@@ -94,3 +135,4 @@ class Tracker:
                 self._mlflow.end_run(status=status)
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
+            _OPEN_RUNS.pop(self.run_id, None)

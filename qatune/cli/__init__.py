@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qatune: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback without --debug
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - last line of defence: no traceback without --debug
+        # BaseException, not Exception: a Rust panic in tokenizers/safetensors arrives as pyo3's PanicException
         if debug:
             traceback.print_exc()
         print(f"qatune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",

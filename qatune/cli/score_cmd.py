@@ -44,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise DataError(f"predictions file {args.predictions}: answer for id {bad[0]!r} is not a string")
     na_probs = _read_json_map(args.na_probs, "na-probs") if args.na_probs else None
+    if na_probs is not None:
+        bad = [k for k, v in na_probs.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise DataError(f"na-probs file {args.na_probs}: value for id {bad[0]!r} is {na_probs[bad[0]]!r}, "
+                            "not a number; give a no-answer probability per question id")
     version = args.version or ("2.0" if is_squad_v2(dataset) or na_probs is not None else "1.1")
     if version == "1.1":
         print_json(squad_v1_evaluate(dataset, preds))

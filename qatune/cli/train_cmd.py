@@ -62,5 +62,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {"output": str(result.output_dir), "status": result.status}
     summary.update({k: result.metrics[k] for k in ("exact_match", "f1", "exact", "HasAns_f1", "NoAns_f1",
                                                   "train_time_s", "trainable_params") if k in result.metrics})
-    print_json(summary)
+    from qatune.runtime import is_main_process
+
+    if is_main_process():  # under torchrun, one summary (rank 0's) rather than one per rank
+        print_json(summary)
     return 0

@@ -40,7 +40,10 @@ class LoadReport:
         if self.repaired_answers:
             parts.append(f"{self.repaired_answers} answer offsets repaired")
         if self.dropped_answers:
-            parts.append(f"{self.dropped_answers} answers dropped (text not found in context)")
+            parts.append(f"{self.dropped_answers} answers dropped (empty, or text not found once in the context)")
         if self.dropped_questions:
             parts.append(f"{self.dropped_questions} questions dropped (no usable answer left)")
-        return "; ".join(parts)
+        text = "; ".join(parts)
+        if self.notes:  # which ids were repaired/dropped, and anything else the loader decided
+            text += ". Details: " + "; ".join(self.notes)
+        return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
 
     out = ensure_writable_dir(Path(output)) if output else None
     examples, report = load_qa_examples(data, max_samples=max_eval_samples, split=split)
+    print(f"qatune: {report.summary()}", file=sys.stderr, flush=True)
     pipeline = load_pipeline(run_dir, device=device, precision=precision)
     t0 = time.perf_counter()
     decoded = pipeline.decode_examples(examples, batch_size=batch_size, progress=progress)

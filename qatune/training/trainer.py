@@ -293,6 +293,9 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         optimizer.zero_grad(set_to_none=True)
         tracker.end("KILLED")
         raise QatuneError(f"interrupted; the last checkpoint in {out} is intact: rerun with --resume") from None
+    except BaseException:
+        tracker.end("FAILED")  # never leave the MLflow run marked RUNNING
+        raise
     finally:
         bar.close()
 
@@ -303,12 +306,16 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         return TrainResult(out, {"global_step": state.global_step}, state.history, status)
 
     if is_main:
-        metrics = _save_run(cfg, out, span_model.model, tokenizer, state, last_eval, method, lr, precision,
-                            trainable, total, len(train_examples), len(train_features), version_2)
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"})
-        tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json"])
-        tracker.log_artifacts([p for p in out.iterdir() if p.name.startswith(("adapter_", "model"))
-                               and p.suffix in (".json", ".safetensors")], artifact_path="model")
+        try:
+            metrics = _save_run(cfg, out, span_model.model, tokenizer, state, last_eval, method, lr, precision,
+                                trainable, total, len(train_examples), len(train_features), version_2)
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"})
+            tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json"])
+            tracker.log_artifacts([p for p in out.iterdir() if p.name.startswith(("adapter_", "model"))
+                                   and p.suffix in (".json", ".safetensors")], artifact_path="model")
+        except BaseException:
+            tracker.end("FAILED")
+            raise
         tracker.end()
         remove_checkpoint(out)
     runtime.barrier()  # no rank returns (and, under torchrun, exits) before the run directory is complete

@@ -54,6 +54,11 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
         best = squad_v2_evaluate(dataset, raw_preds, na_probs=gaps)
         null_threshold = float(best.get("best_f1_thresh", 0.0))
         tuned = True
+        # The official search starts from "answer nothing" and keeps threshold 0.0 when nothing beats it;
+        # on raw score gaps 0.0 would answer almost everything, so pick a threshold below every gap instead.
+        no_answer_share = 100.0 * sum(1 for ex in examples if ex.is_impossible or not ex.answers) / len(examples)
+        if gaps and best.get("best_f1", 0.0) <= no_answer_share + 1e-9:
+            null_threshold = min(gaps.values()) - 1.0
     predictions, _ = final_answers(examples, decoded, version_2=True, null_threshold=null_threshold)
     na_probs = {qid: _sigmoid(gap - null_threshold) for qid, gap in gaps.items()}
     metrics = dict(squad_v2_evaluate(dataset, predictions, na_probs=na_probs))

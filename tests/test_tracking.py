@@ -1,0 +1,215 @@
+"""MLflow tracking of training runs: to a real ``mlflow server`` over HTTP, and to the default SQLite store.
+
+The server test starts ``mlflow server`` (SQLite backend, local artifact root) on a free port in its own
+process group, waits for ``GET /health`` and always stops the whole group. Trainings use the tiny model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SAMPLE
+
+mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed: MLflow tracking tests skipped "
+                                               "(pip install mlflow)")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+import qatune  # noqa: E402
+
+SERVER_START_TIMEOUT_S = 75  # mlflow server takes ~30 s to import on a busy 2-core machine
+EPOCHS = 2
+
+
+def tiny_training(model: Path, output: Path, **extra: Any) -> dict[str, Any]:
+    return {"model": str(model), "method": "lora", "train": str(SAMPLE / "train.json"),
+            "eval": str(SAMPLE / "dev.json"), "max_train_samples": 16, "max_eval_samples": 8,
+            "epochs": EPOCHS, "batch_size": 8, "max_seq_length": 128, "output": str(output), **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    if not exe.is_file():
+        pytest.skip(f"no mlflow executable beside {sys.executable}")
+    log = tmp / "server.log"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{tmp / 'db'}", "--default-artifact-root", str(tmp / "art")],
+            stdout=fh, stderr=subprocess.STDOUT, cwd=tmp, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.skip(f"mlflow server on port {port} did not answer /health within {SERVER_START_TIMEOUT_S} s "
+                            f"(machine too busy?); log tail:\n{log.read_text()[-1500:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        # the server (uvicorn) forks workers: stop the whole process group this fixture started
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder (so one mlflow.db: creating a SQLite store takes seconds) for the default-store tests;
+    each test uses its own experiment in it."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def only_run(client: MlflowClient, experiment: str) -> Any:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment!r} was not created"
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            out |= artifact_paths(client, run_id, item.path)
+        else:
+            out.add(item.path)
+    return out
+
+
+def check_tracked_run(client: MlflowClient, run: Any, result: Any) -> None:
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == result.output_dir.name
+    params = run.data.params
+    assert params["method"] == "lora"
+    assert float(params["learning_rate"]) == pytest.approx(5e-4)  # the resolved method default, not "None"
+    assert params["max_seq_length"] == "128"
+    train_loss = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in train_loss] == list(range(1, EPOCHS + 1))  # one point per epoch
+    assert [m.value for m in train_loss] == pytest.approx([h["train_loss"] for h in result.history])
+    f1 = client.get_metric_history(run.info.run_id, "f1")
+    assert [m.step for m in f1] == list(range(1, EPOCHS + 1))
+    assert run.data.metrics["f1"] == pytest.approx(result.metrics["f1"])
+    assert "trainable_params" in run.data.metrics and "train_time_s" in run.data.metrics
+    artifacts = artifact_paths(client, run.info.run_id)
+    assert {"metrics.json", "qatune.yaml", "history.json", "model/adapter_model.safetensors",
+            "model/adapter_config.json"} <= artifacts, artifacts
+
+
+def test_tracking_to_an_mlflow_server(mlflow_server: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    result = qatune.train(tiny_training(tiny_model_dir, tmp_path / "server-run", tracking_uri=mlflow_server,
+                                        experiment="qatune-server-test"), progress=False)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing local when a server is given
+    client = MlflowClient(tracking_uri=mlflow_server)
+    check_tracked_run(client, only_run(client, "qatune-server-test"), result)
+
+
+def test_default_tracking_is_sqlite_beside_the_output(runs_dir: Path, tiny_model_dir: Path) -> None:
+    result = qatune.train(tiny_training(tiny_model_dir, runs_dir / "local-run"), progress=False)
+    db = runs_dir / "mlflow.db"
+    assert db.is_file(), "the default store is mlflow.db in the output dir's parent"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    run = only_run(client, "qatune")  # the default experiment name
+    check_tracked_run(client, run, result)
+    assert run.info.artifact_uri.startswith((runs_dir / "mlartifacts").as_uri())
+
+
+def test_no_tracking_writes_no_store(tmp_path: Path, tiny_model_dir: Path) -> None:
+    qatune.train(tiny_training(tiny_model_dir, tmp_path / "runs" / "untracked", tracking=False, do_eval=False,
+                               epochs=1), progress=False)
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
+    assert not (tmp_path / "runs" / "mlartifacts").exists()
+
+
+def test_unreachable_server_does_not_fail_training(tmp_path: Path, tiny_model_dir: Path, capsys,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracking never kills a run: one message, tracking off, the run directory is written."""
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    result = qatune.train(tiny_training(tiny_model_dir, tmp_path / "run", tracking_uri=uri, do_eval=False,
+                                        epochs=1), progress=False)
+    assert result.status == "finished" and (tmp_path / "run" / "metrics.json").is_file()
+    err = capsys.readouterr().err
+    assert err.count("MLflow tracking disabled after an error") == 1 and uri in err
+
+
+def _failing_loss(self, span_model, batch):
+    raise RuntimeError("simulated failure inside the training loop")
+
+
+def test_run_left_open_by_a_failed_training_does_not_block_the_next(runs_dir: Path, tiny_model_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from qatune.tasks.qa.task import ExtractiveQATask
+
+    experiment = "qatune-left-open"
+    with monkeypatch.context() as patch:
+        patch.setattr(ExtractiveQATask, "loss", _failing_loss)
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            qatune.train(tiny_training(tiny_model_dir, runs_dir / "fails", do_eval=False, experiment=experiment),
+                         progress=False)
+    try:
+        result = qatune.train(tiny_training(tiny_model_dir, runs_dir / "works", do_eval=False, epochs=1,
+                                            experiment=experiment), progress=False)
+        assert result.status == "finished"
+        client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+        exp = client.get_experiment_by_name(experiment)
+        runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+        assert runs["works"].info.status == "FINISHED"
+        assert runs["works"].data.metrics.get("train_loss") is not None
+        assert runs["fails"].info.status == "FAILED"  # closed when the next training started
+        assert mlflow.active_run() is None
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
+
+
+def test_failed_training_marks_the_run_failed(runs_dir: Path, tiny_model_dir: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from qatune.tasks.qa.task import ExtractiveQATask
+
+    experiment = "qatune-fails"
+    monkeypatch.setattr(ExtractiveQATask, "loss", _failing_loss)
+    try:
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            qatune.train(tiny_training(tiny_model_dir, runs_dir / "fails-once", do_eval=False, experiment=experiment),
+                         progress=False)
+        assert mlflow.active_run() is None
+        client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+        run = only_run(client, experiment)
+        assert run.info.status == "FAILED"
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
