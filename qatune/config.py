@@ -270,21 +270,24 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config file's top-level mapping, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    return loaded
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> TrainConfig:
     """YAML file (optional) < ``base`` (CLI flags) < dotted overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of keys to values")
-        raw.update(loaded)
+    raw: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     for key, value in (base or {}).items():
         if value is not None:
             raw[key] = value

@@ -156,3 +156,27 @@ def set_threads(num_threads: int | None) -> None:
 
     if num_threads:
         torch.set_num_threads(num_threads)
+
+
+@lru_cache(maxsize=1)
+def _libc_malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``).
+
+    Dynamic padding makes every batch a different shape; glibc keeps the freed activation buffers in
+    a fragmented heap, so peak RSS creeps up epoch after epoch (measured: 2.0 GB after 40 steps, 2.6 GB
+    after 128). Trimming every few steps holds it down at a small cost, unlike lowering the mmap
+    threshold (+23% step time). No-op where glibc is absent.
+    """
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)

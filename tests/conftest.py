@@ -42,3 +42,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertForQuestionAnswering(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quickly trained tiny LoRA run, shared read-only by the inference/serving tests."""
+    import qatune
+
+    out = tmp_path_factory.mktemp("tiny-lora-run") / "lora"
+    qatune.train(dict(model=str(tiny_model_dir), method="lora", train=str(SAMPLE / "train.json"),
+                      max_train_samples=20, epochs=1, max_seq_length=128, doc_stride=32, tracking=False,
+                      do_eval=False, output=str(out)), progress=False)
+    return out

@@ -59,12 +59,8 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("page-run") / "lora"
-    qatune.train(dict(model=str(tiny_model_dir), method="lora", train=str(SAMPLE / "train.json"),
-                      max_train_samples=20, epochs=1, max_seq_length=128, doc_stride=32, tracking=False,
-                      do_eval=False, output=str(out)), progress=False)
-    return out
+def run_dir(tiny_lora_run: Path) -> Path:
+    return tiny_lora_run
 
 
 @pytest.fixture(scope="module")

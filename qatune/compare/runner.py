@@ -42,7 +42,7 @@ from typing import Any, Callable, TextIO
 import yaml
 
 from qatune.artifacts import RUN_CONFIG, ensure_writable_dir, write_json
-from qatune.config import TrainConfig, config_from_dict, config_to_dict
+from qatune.config import TrainConfig, config_from_dict, config_to_dict, read_yaml_mapping
 from qatune.errors import ConfigError, QatuneError
 
 PLAN_FILE = "compare.json"  # OUTPUT/compare.json: the spec as run (order, shared settings, per-method configs)
@@ -152,18 +152,7 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
     with their defaults. Errors that would spoil every method (shared keys) raise :class:`ConfigError`.
     """
     source = str(path) if path else "compare"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of keys to values")
-        raw = copy.deepcopy(loaded)
+    raw: dict[str, Any] = copy.deepcopy(read_yaml_mapping(path)) if path is not None else {}
     for key, value in (base or {}).items():
         if value is not None:
             raw[key] = value

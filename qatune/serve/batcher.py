@@ -57,8 +57,16 @@ class BatcherStats:
 def pipeline_batch_fn(pipeline: Any, batch_size: int = 32) -> BatchFn:
     """Adapt ``QAPipeline.answer_batch`` (an Answer for top_k=1, a list otherwise) to lists of answers."""
 
+    from qatune.runtime import release_free_memory
+
+    calls = 0
+
     def run(pairs: Sequence[tuple[str, str]], top_k: int) -> list[list[Any]]:
+        nonlocal calls
         out = pipeline.answer_batch(list(pairs), batch_size=batch_size, top_k=top_k)
+        calls += 1
+        if calls % 8 == 0:  # every batch has another shape: return freed heap pages so RSS stays flat
+            release_free_memory()
         return [r if isinstance(r, list) else [r] for r in out]
 
     return run

@@ -255,6 +255,8 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
+                if device.type == "cpu" and state.global_step % 8 == 0:
+                    runtime.release_free_memory()
                 state.step_in_epoch += 1
                 state.epoch_loss_sum += float(step_loss)
                 state.epoch_loss_n += 1
