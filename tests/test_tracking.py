@@ -115,7 +115,7 @@ def check_tracked_run(client: MlflowClient, run: Any, result: Any) -> None:
     assert run.info.run_name == result.output_dir.name
     params = run.data.params
     assert params["method"] == "lora"
-    assert float(params["learning_rate"]) == pytest.approx(5e-4)  # the resolved method default, not "None"
+    assert float(params["learning_rate"]) == pytest.approx(2e-3)  # the resolved method default, not "None"
     assert params["max_seq_length"] == "128"
     train_loss = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in train_loss] == list(range(1, EPOCHS + 1))  # one point per epoch
