@@ -174,17 +174,18 @@ def test_accelerate_launch_sets_what_qatune_reads(tmp_path: Path) -> None:
     if not accelerate.exists():
         pytest.skip("accelerate CLI not installed beside this Python")
     probe = tmp_path / "probe.py"
-    probe.write_text("import json, os\nfrom qatune import runtime\n"
-                     "print(json.dumps({'rank': runtime.rank(), 'world': runtime.world_size(), "
+    # each rank writes its own file: two ranks printing to one pipe can interleave on a single line
+    probe.write_text("import json, os, sys\nfrom pathlib import Path\nfrom qatune import runtime\n"
+                     "Path(sys.argv[1], f'rank{runtime.rank()}.json').write_text(json.dumps({"
+                     "'rank': runtime.rank(), 'world': runtime.world_size(), "
                      "'local': runtime.local_rank(), 'addr': bool(os.environ.get('MASTER_ADDR')), "
                      "'port': bool(os.environ.get('MASTER_PORT'))}))\n")
     # CPU multi-process needs --multi_gpu (it selects accelerate's torchrun launcher; --cpu runs 1 process)
-    proc = run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(probe)],
+    run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(probe), str(tmp_path)],
                tmp_path,
                timeout=120)
-    seen = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
-                  key=lambda d: d["rank"])
+    seen = sorted((json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")), key=lambda d: d["rank"])
     assert seen == [{"rank": r, "world": 2, "local": r, "addr": True, "port": True} for r in (0, 1)]
 
 
