@@ -174,8 +174,8 @@ def release_free_memory() -> None:
 
     Dynamic padding makes every batch a different shape; glibc keeps the freed activation buffers in
     a fragmented heap, so peak RSS creeps up epoch after epoch (measured: 2.0 GB after 40 steps, 2.6 GB
-    after 128). Trimming every few steps holds it down at a small cost, unlike lowering the mmap
-    threshold (+23% step time). No-op where glibc is absent.
+    after 128). Trimming every step holds it at 2.0 GB for +14% step time (docs/benchmarks.md).
+    No-op where glibc is absent.
     """
     trim = _libc_malloc_trim()
     if trim is not None:

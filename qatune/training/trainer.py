@@ -46,6 +46,10 @@ class TrainResult:
     status: str = "finished"  # finished | stopped (resumable)
 
 
+# return freed heap pages to the OS every N optimizer steps on CPU (see runtime.release_free_memory)
+TRIM_EVERY_STEPS = max(1, int(os.environ.get("QATUNE_TRIM_EVERY_STEPS", "1")))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -255,7 +259,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
-                if device.type == "cpu" and state.global_step % 8 == 0:
+                if device.type == "cpu" and state.global_step % TRIM_EVERY_STEPS == 0:
                     runtime.release_free_memory()
                 state.step_in_epoch += 1
                 state.epoch_loss_sum += float(step_loss)
