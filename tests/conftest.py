@@ -54,3 +54,20 @@ def tiny_lora_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                       max_train_samples=20, epochs=1, max_seq_length=128, doc_stride=32, tracking=False,
                       do_eval=False, output=str(out)), progress=False)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Two shared cores: one intra-op thread is many times faster than two fighting other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A features cache shared by the tests of one module."""
+    return tmp_path_factory.mktemp("features-cache")

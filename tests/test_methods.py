@@ -42,18 +42,7 @@ METHODS: dict[str, tuple[dict[str, Any], float, int | None]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one intra-op thread is many times faster than two fighting other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("features-cache")
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures one_thread and cache_dir: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

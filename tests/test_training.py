@@ -21,17 +21,7 @@ from qatune.training import checkpoint as ckpt
 STEPS_PER_EPOCH = 8  # 40 sample questions -> 57 windows of 128 tokens -> 8 batches of 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("features-cache")
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures one_thread and cache_dir: tests/conftest.py
 
 
 def config(model: Path, out: Path, cache_dir: Path, **kw: Any) -> dict[str, Any]:
