@@ -281,10 +281,12 @@ def test_per_method_default_learning_rates() -> None:
     lr = {name: registry.get(name).learning_rate for name in ("full", "lora", "loha", "ia3", "prefix", "ptuning",
                                                               "prompt")}
     assert lr["full"] == pytest.approx(1e-4)
-    assert lr["lora"] == pytest.approx(2e-3) and lr["loha"] == pytest.approx(2e-3)
-    assert lr["ia3"] == pytest.approx(3e-3)
+    assert lr["lora"] == pytest.approx(2e-3)
+    assert lr["loha"] == pytest.approx(1e-2)  # measured: docs/results/compare-squad-followup
+    assert lr["ia3"] == pytest.approx(3e-2)   # measured: docs/results/compare-squad-followup
     assert lr["prefix"] == pytest.approx(1e-2)
-    assert lr["full"] < lr["lora"] < lr["ia3"] < lr["prefix"] <= lr["prompt"]
+    assert lr["full"] < lr["lora"] < lr["loha"] <= lr["prefix"] <= lr["prompt"]
+    assert all(lr["full"] < v for k, v in lr.items() if k != "full")
     assert load_config(None, []).learning_rate is None  # None = the method's default
     for name in registry.names():
         assert registry.get(name).description, f"method {name} has no description"

@@ -249,3 +249,21 @@ def test_sorted_batches_cover_each_index_once():
     assert sorted(i for b in batches for i in b) == list(range(7))
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat, reverse=True)
+
+
+def test_sorted_batches_min_fill_bounds_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(90, 385, size=200)
+    batches = list(F.sorted_batches(lengths, 32, min_fill=0.9))
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        assert len(b) <= 32
+        assert lengths[b].min() >= 0.9 * lengths[b].max()  # at most 10% of any row is padding
+    # a server-sized micro-batch of random lengths is split; without min_fill it is one padded batch
+    micro = np.array([384, 120, 250, 384, 100, 300, 130, 260])
+    assert len(list(F.sorted_batches(micro, 32))) == 1
+    split = list(F.sorted_batches(micro, 32, min_fill=0.9))
+    assert split == [[0, 3], [5], [7, 2], [6, 1], [4]]
+    padded = sum(len(b) * micro[b].max() for b in split)
+    assert padded <= 1.1 * micro.sum()  # vs 3,072 padded tokens for one batch of 1,928 real ones
+    assert padded < 0.65 * len(micro) * micro.max()

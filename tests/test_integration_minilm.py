@@ -36,7 +36,7 @@ def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, 
     result = qatune.train({
         "model": "minilm", "method": "lora", "train": str(SAMPLE / "train.json"), "output": str(out),
         "epochs": EPOCHS, "max_seq_length": 256, "do_eval": False, "tracking": False, "seed": 0,
-        # 167 questions are 11 steps an epoch: a higher peak LR than LoRA's 5e-4 so the fresh QA head and
+        # 167 questions are 11 steps an epoch: a higher peak LR than LoRA's default 2e-3 so the fresh QA head and
         # the adapters visibly learn in 2 epochs
         "learning_rate": 3e-3,
     }, progress=False)

@@ -74,7 +74,14 @@ def build_settings(args: argparse.Namespace) -> Any:
         raise ConfigError(message) from None
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 def run(args: argparse.Namespace) -> int:
+    # oneDNN caches a compiled kernel per input shape (1024 by default); a server sees a new batch shape
+    # almost every call, so its RSS creeps up for minutes. 128 keeps the common shapes at the same
+    # speed (docs/benchmarks.md). Read when oneDNN first runs, so setting it here is early enough.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
     try:
         import uvicorn
 
@@ -92,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"qatune: warning: serving on {args.host} without an API key; anyone who can reach this machine "
               "can use it (see --api-key-env)", file=sys.stderr)
     set_threads(args.threads)
+    # The model thread takes the GIL back after every op; with the default 5 ms switch interval it waits behind
+    # the HTTP thread each time. 0.5 ms: +9% requests/s under 32 clients (docs/benchmarks.md).
+    sys.setswitchinterval(float(os.environ.get("QATUNE_SWITCH_INTERVAL", SWITCH_INTERVAL_S)))
     pipeline = load_pipeline(args.run, device=args.device, null_threshold=args.null_threshold)
     app = create_app(pipeline, settings, run_dir=args.run)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")

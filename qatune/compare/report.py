@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import io
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -183,7 +184,7 @@ def collect(out: Path) -> dict[str, Any]:
                         "measure": measure, "log": str(run_dir / LOG_FILE) if (run_dir / LOG_FILE).is_file() else None})
     version_2 = any(r["row"]["HasAns_f1"] is not None or r["row"]["NoAns_f1"] is not None for r in records)
     columns = BASE_COLUMNS[:5] + (V2_COLUMNS if version_2 else []) + BASE_COLUMNS[5:] + EXTRA_COLUMNS
-    return {"output": str(out.resolve()), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    return {"output": str(out), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
             "setup": _setup(plan, records), "version_2": version_2, "columns": columns, "records": records}
 
 
@@ -463,10 +464,18 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     if points:
         fig = _figure(8, 5)
         ax = fig.add_subplot()
+        ys_all = [r["f1"] for r in points]
+        y_span = max(1.0, max(ys_all) - min(ys_all))
+        placed: list[tuple[float, float]] = []  # (log10 x, y) of labels above their point
         for r in points:
             ax.scatter(r["trainable_params"], r["f1"], s=60, color=colors[r["method"]], zorder=3)
-            ax.annotate(r["method"], (r["trainable_params"], r["f1"]), textcoords="offset points", xytext=(6, 5),
-                        fontsize=9)
+            here = (math.log10(r["trainable_params"]), r["f1"])
+            # a label next to another point's label (close in log x and in F1) goes below its point instead
+            crowded = any(abs(here[0] - x) < 0.6 and abs(here[1] - y) < 0.06 * y_span for x, y in placed)
+            if not crowded:
+                placed.append(here)
+            ax.annotate(r["method"], (r["trainable_params"], r["f1"]), textcoords="offset points",
+                        xytext=(6, -13) if crowded else (6, 5), fontsize=9)
         ax.set_xscale("log")
         xs = [r["trainable_params"] for r in points]
         ax.set_xlim(min(xs) / 3, max(xs) * 4)

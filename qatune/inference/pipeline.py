@@ -45,13 +45,25 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    def __init__(self, model: Any, tokenizer: Any, device: str = "auto", precision: str = "auto") -> None:
+    """A PyTorch model as a runner.
+
+    With bf16 the weights are stored in bf16 (``bf16_weights``, the default for inference): autocast alone
+    re-casts every fp32 weight on every call, a fixed cost that a batch-1 request pays in full. The logits
+    come back as float32 either way.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, device: str = "auto", precision: str = "auto",
+                 bf16_weights: bool = True) -> None:
+        import torch
+
         from qatune import runtime
         from qatune.tasks.qa.modeling import QASpanModel
 
         self.device = runtime.pick_device(device)
         self.precision = runtime.resolve_precision(precision, self.device)
         self.span_model = QASpanModel(model).to(self.device).eval()
+        if self.precision == "bf16" and bf16_weights:
+            self.span_model.to(torch.bfloat16)
         self.pad_token_id = tokenizer.pad_token_id
 
     def __call__(self, features: QAFeatures, batch_size: int, progress: bool = False
