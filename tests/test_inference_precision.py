@@ -33,11 +33,13 @@ def features_and_model(tiny_model_dir: Path) -> tuple:
 def test_bf16_runner_stores_bf16_weights_and_returns_float32_logits(features_and_model: tuple) -> None:
     features, tokenizer, make_model = features_and_model
     fp32 = TorchRunner(make_model(), tokenizer, device="cpu", precision="fp32")
-    bf16 = TorchRunner(make_model(), tokenizer, device="cpu", precision="bf16")
-    mixed = TorchRunner(make_model(), tokenizer, device="cpu", precision="bf16", bf16_weights=False)
+    bf16 = TorchRunner(make_model(), tokenizer, device="cpu", precision="bf16", bf16_weights=True)
+    shared = make_model()
+    mixed = TorchRunner(shared, tokenizer, device="cpu", precision="bf16")
     assert _dtypes(fp32) == {torch.float32}
     assert _dtypes(bf16) == {torch.bfloat16}
-    assert _dtypes(mixed) == {torch.float32}  # autocast only: master weights stay fp32
+    assert _dtypes(mixed) == {torch.float32}  # default: autocast only, the caller's model is not converted
+    assert {p.dtype for p in shared.parameters()} == {torch.float32}  # e.g. `qatune bench` exports it next
 
     ref_start, ref_end = fp32(features, batch_size=4)
     for runner in (bf16, mixed):
@@ -59,3 +61,9 @@ def test_batch_size_does_not_change_fp32_logits(features_and_model: tuple) -> No
     many = runner(features, batch_size=8)[0]
     for a, b in zip(one, many, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_load_converts_its_own_model_to_bf16(tiny_lora_run: Path) -> None:
+    """qatune.load owns its model, so bf16 inference stores bf16 weights; fp32 stays fp32."""
+    assert _dtypes(qatune.load(str(tiny_lora_run), device="cpu", precision="bf16").runner) == {torch.bfloat16}
+    assert _dtypes(qatune.load(str(tiny_lora_run), device="cpu", precision="fp32").runner) == {torch.float32}

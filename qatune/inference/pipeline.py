@@ -47,13 +47,14 @@ class Runner(Protocol):
 class TorchRunner:
     """A PyTorch model as a runner.
 
-    With bf16 the weights are stored in bf16 (``bf16_weights``, the default for inference): autocast alone
-    re-casts every fp32 weight on every call, a fixed cost that a batch-1 request pays in full. The logits
-    come back as float32 either way.
+    With bf16 and ``bf16_weights`` the weights are converted to bf16 once: autocast alone re-casts every fp32
+    weight on every call. The conversion changes ``model`` in place, so only a caller that owns the model
+    asks for it (``load_pipeline`` does); the default leaves a shared model as it is. The logits come back
+    as float32 either way.
     """
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "auto", precision: str = "auto",
-                 bf16_weights: bool = True) -> None:
+                 bf16_weights: bool = False) -> None:
         import torch
 
         from qatune import runtime
@@ -172,4 +173,5 @@ def load_pipeline(path: str | os.PathLike, device: str = "auto", precision: str 
     from qatune.artifacts import load_trained_model
 
     model, tokenizer, run_cfg = load_trained_model(run_dir, merge=merge)
-    return QAPipeline(TorchRunner(model, tokenizer, device, precision), tokenizer, run_cfg, null_threshold)
+    runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True)  # the model is ours alone
+    return QAPipeline(runner, tokenizer, run_cfg, null_threshold)
