@@ -54,19 +54,14 @@ class BatcherStats:
                 "mean_batch": round(self.questions / self.batches, 2) if self.batches else 0.0}
 
 
-def pipeline_batch_fn(pipeline: Any, batch_size: int = 32, trim_every: int = 1) -> BatchFn:
+def pipeline_batch_fn(pipeline: Any, batch_size: int = 32) -> BatchFn:
     """Adapt ``QAPipeline.answer_batch`` (an Answer for top_k=1, a list otherwise) to lists of answers."""
 
     from qatune.runtime import release_free_memory
 
-    calls = 0
-
     def run(pairs: Sequence[tuple[str, str]], top_k: int) -> list[list[Any]]:
-        nonlocal calls
         out = pipeline.answer_batch(list(pairs), batch_size=batch_size, top_k=top_k)
-        calls += 1
-        if calls % trim_every == 0:  # every batch has other shapes: return freed heap pages so RSS stays flat
-            release_free_memory()
+        release_free_memory()  # every batch has other shapes: return freed heap pages so RSS stays flat
         return [r if isinstance(r, list) else [r] for r in out]
 
     return run

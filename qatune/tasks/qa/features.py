@@ -286,13 +286,10 @@ def sorted_batches(lengths: np.ndarray, batch_size: int, min_fill: float = 0.0) 
     """
     order = np.argsort(-lengths, kind="stable")
     batch: list[int] = []
-    longest = 0
-    for i in order.tolist():
-        if batch and (len(batch) >= batch_size or lengths[i] < min_fill * longest):
+    for i in order.tolist():  # longest first, so batch[0] is the batch's longest window
+        if batch and (len(batch) >= batch_size or lengths[i] < min_fill * lengths[batch[0]]):
             yield batch
             batch = []
-        if not batch:
-            longest = int(lengths[i])
         batch.append(i)
     if batch:
         yield batch

@@ -9,7 +9,7 @@ import torch
 
 from qatune.runtime import autocast
 from qatune.tasks.qa.features import CPU_MIN_FILL, QAFeatures, collate, sorted_batches
-from qatune.tasks.qa.modeling import QASpanModel, span_loss
+from qatune.tasks.qa.modeling import INPUT_KEYS, QASpanModel, span_loss
 
 
 @torch.inference_mode()
@@ -35,11 +35,10 @@ def predict_logits(span_model: QASpanModel, features: QAFeatures, pad_token_id: 
     with autocast(device, precision):
         for indices in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
             batch = collate(features, indices, pad_token_id, with_labels=with_loss)
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            inputs = {k: batch[k].to(device) for k in INPUT_KEYS if k in batch}
             start, end = span_model(**inputs)
             if with_loss:
-                loss = span_loss(start.float(), end.float(), batch["start_positions"].to(device),
-                                 batch["end_positions"].to(device))
+                loss = span_loss(start, end, batch["start_positions"].to(device), batch["end_positions"].to(device))
                 loss_sum += float(loss) * len(indices)
                 loss_n += len(indices)
             start_np = start.float().cpu().numpy()
