@@ -1,7 +1,10 @@
 """How much can micro-batching gain on this machine? In-process, no HTTP.
 
-Three measurements on random dev questions with a run directory's model (bf16 where native, as served):
+Four measurements on random dev questions with a run directory's model (bf16 where native, as served):
 
+0. roofline: matmul GFLOP/s at the model's linear-layer shapes with M = one window's tokens vs M = 32
+   windows' tokens vs a large square matmul (the machine's practical peak). If one window already runs
+   near the peak, batching cannot make the matmuls (most of a forward) any faster;
 1. forward cost per window: one window alone vs the same-length windows in a batch of 32;
 2. ``answer_batch`` questions/s when questions arrive in chunks of 1, 16, and all at once: chunks of 16
    vs chunks of 1 is the most a server's micro-batching can gain over answering requests one by one;
@@ -25,6 +28,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: object, seconds: float = 0.5) -> float:
+    """Throughput of ``linear`` (x @ W.T + b) with an (m, k) input and (n, k) weight, like nn.Linear."""
+    import torch
+
+    x, w, b = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(n, dtype=dtype)
+    for _ in range(3):
+        torch.nn.functional.linear(x, w, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.nn.functional.linear(x, w, b)
+        reps += 1
+    return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     pipe = qatune.load(args.run, precision=args.precision)
     runner = pipe.runner
     print(f"# {args.run}; precision {runner.precision}; torch threads {torch.get_num_threads()}", flush=True)
+
+    # 0. roofline of the linear layers
+    cfg = runner.span_model.model.config
+    hidden = getattr(cfg, "hidden_size", 384)
+    inter = getattr(cfg, "intermediate_size", 4 * hidden)
+    dtype = torch.bfloat16 if runner.precision == "bf16" else torch.float32
+    print(f"\nmatmul roofline ({dtype}, GFLOP/s; a window of 192 tokens):")
+    for label, m, k, n in (("large square matmul 2048^3 (practical peak)", 2048, 2048, 2048),
+                           ("one window,  attention projection", 192, hidden, hidden),
+                           ("one window,  FFN up", 192, hidden, inter),
+                           ("one window,  FFN down", 192, inter, hidden),
+                           ("32 windows,  attention projection", 32 * 192, hidden, hidden),
+                           ("32 windows,  FFN up", 32 * 192, hidden, inter),
+                           ("32 windows,  FFN down", 32 * 192, inter, hidden)):
+        print(f"  {label:<44} {matmul_gflops(m, k, n, dtype):6.0f}")
 
     # 1. per-window forward cost, batch 1 vs batch 32 (same lengths)
     feats = build_features(examples[:256], pipe.tokenizer, pipe.max_seq_length, pipe.doc_stride,

@@ -352,7 +352,7 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
         return JSONResponse(error_body(422, f"{field or 'request'}: {first.get('msg', 'invalid')}", field or None),
                             status_code=422)
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:  # async: a sync dependency costs a thread hop per request
         if api_key is None:
             return
         given = request.headers.get("x-api-key")
