@@ -267,3 +267,6 @@ def test_sorted_batches_min_fill_bounds_padding():
     padded = sum(len(b) * micro[b].max() for b in split)
     assert padded <= 1.1 * micro.sum()  # vs 3,072 padded tokens for one batch of 1,928 real ones
     assert padded < 0.65 * len(micro) * micro.max()
+    # what the runners use: the bound on CPU only
+    assert F.inference_batches(micro, 32, on_cpu=True) == split
+    assert F.inference_batches(micro, 32, on_cpu=False) == [[0, 3, 5, 7, 2, 6, 1, 4]]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from qatune.errors import ConfigError, ModelError
-from qatune.tasks.qa.features import CPU_MIN_FILL, QAFeatures, sorted_batches
+from qatune.tasks.qa.features import QAFeatures, inference_batches
 
 MODEL_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
@@ -166,7 +166,7 @@ class OnnxRunner:
         ends: list[np.ndarray] = [np.zeros(0, np.float32)] * len(features)
         lengths = features.lengths
         on_cpu = self.active_providers[0] == "CPUExecutionProvider"
-        batches = list(sorted_batches(lengths, batch_size, CPU_MIN_FILL if on_cpu else 0.0))
+        batches = inference_batches(lengths, batch_size, on_cpu)
         for indices in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
             feeds = pad_batch(features, indices, self.pad_token_id, self.input_names)
             start, end = self.session.run(["start_logits", "end_logits"], feeds)

@@ -20,7 +20,7 @@ from qatune.data.types import QAExample
 FEATURES_VERSION = 1
 MAX_QUERY_TOKENS = 64  # as in the original BERT SQuAD code: longer questions are clipped
 # On CPU an inference batch is cut where a window is shorter than this share of the batch's longest
-# (sorted_batches): at most ~10% of the computed tokens are padding.
+# (inference_batches): at most ~10% of the computed tokens are padding.
 CPU_MIN_FILL = 0.9
 
 
@@ -293,3 +293,10 @@ def sorted_batches(lengths: np.ndarray, batch_size: int, min_fill: float = 0.0) 
         batch.append(i)
     if batch:
         yield batch
+
+
+def inference_batches(lengths: np.ndarray, batch_size: int, on_cpu: bool) -> list[list[int]]:
+    """The batches every runner (PyTorch, ONNX Runtime) computes: sorted by length, and on a CPU, whose
+    cost follows padded tokens, with padding bounded by ``CPU_MIN_FILL`` (GPUs pad cheaply and prefer
+    fewer, larger launches)."""
+    return list(sorted_batches(lengths, batch_size, CPU_MIN_FILL if on_cpu else 0.0))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from qatune.runtime import autocast
-from qatune.tasks.qa.features import CPU_MIN_FILL, QAFeatures, collate, sorted_batches
+from qatune.tasks.qa.features import QAFeatures, collate, inference_batches
 from qatune.tasks.qa.modeling import INPUT_KEYS, QASpanModel, span_loss
 
 
@@ -27,9 +27,7 @@ def predict_logits(span_model: QASpanModel, features: QAFeatures, pad_token_id: 
     lengths = features.lengths
     loss_sum, loss_n = 0.0, 0
     with_loss = with_loss and features.start_positions is not None
-    # CPU cost follows padded tokens: bound a batch's padding (GPUs pad cheaply and prefer fewer launches)
-    min_fill = CPU_MIN_FILL if torch.device(device).type == "cpu" else 0.0
-    batches = list(sorted_batches(lengths, batch_size, min_fill))
+    batches = inference_batches(lengths, batch_size, on_cpu=torch.device(device).type == "cpu")
     # One autocast region for all batches: autocast caches the bf16 copies of fp32 weights until it exits,
     # so the weights are cast once per call instead of once per batch (same numbers either way).
     with autocast(device, precision):
