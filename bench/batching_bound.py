@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     import qatune
     from qatune.data.squad import load_qa_examples
     from qatune.runtime import autocast, release_free_memory
-    from qatune.tasks.qa.features import build_features, collate, sorted_batches
-    from qatune.tasks.qa.modeling import INPUT_KEYS
+    from qatune.tasks.extractive_qa.features import build_features, collate, sorted_batches
+    from qatune.tasks.extractive_qa.modeling import INPUT_KEYS
 
     examples, _ = load_qa_examples(args.data, split="validation")
     random.Random(0).shuffle(examples)

@@ -97,7 +97,7 @@ def evaluate(args):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from qatune.data.squad import examples_to_squad_json
-    from qatune.evaluation.squad_metrics import squad_v1_evaluate
+    from qatune.tasks.extractive_qa.squad_metrics import squad_v1_evaluate
 
     examples, _ = load_qa_examples(args.data, max_samples=args.max_eval_samples)
     t0 = time.perf_counter()

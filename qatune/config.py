@@ -234,7 +234,7 @@ def _max_doc_stride(max_seq_length: int) -> int:
 def _auto_doc_stride(max_seq_length: Any, default: int) -> Any:
     """The documented default (128) where it leaves room for a full 64-token question, else a quarter of
     the window (128 -> 32), so ``max_seq_length=128`` alone just works."""
-    from qatune.tasks.qa.features import MAX_QUERY_TOKENS
+    from qatune.tasks.extractive_qa.features import MAX_QUERY_TOKENS
 
     if not isinstance(max_seq_length, int) or default + MAX_QUERY_TOKENS + _PAIR_SPECIAL_TOKENS < max_seq_length:
         return default

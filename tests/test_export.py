@@ -54,7 +54,7 @@ def exports(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_export_round_trip(method: str, runs: dict[str, Path], exports: dict[str, Path]) -> None:
-    from qatune.export.runner import OnnxRunner
+    from qatune.inference.onnx_runner import OnnxRunner
 
     export = exports[method]
     for name in ("model.onnx", "export.json", "qatune.yaml", "tokenizer.json", "tokenizer_config.json"):
@@ -144,7 +144,7 @@ def test_prefix_run_is_refused(tiny_model_dir: Path, tmp_path: Path, capsys: pyt
 def test_bench_table_has_every_column(runs: dict[str, Path], exports: dict[str, Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     from qatune.export.bench import COLUMNS
-    from qatune.export.runner import cuda_gpu_present
+    from qatune.inference.onnx_runner import cuda_gpu_present
 
     out = tmp_path / "bench.csv"
     rc = main(["bench", str(runs["lora"]), "--backends", "torch-fp32,onnx-fp32,onnx-int8,onnx-cuda-fp16",

@@ -9,7 +9,7 @@ import pytest
 from conftest import SAMPLE
 
 from qatune.data import Answer, QAExample, load_qa_examples
-from qatune.tasks.qa import features as F
+from qatune.tasks.extractive_qa import features as F
 
 SEQ, STRIDE = 128, 32
 

@@ -11,7 +11,7 @@ import torch
 import qatune
 from qatune.data.squad import load_qa_examples
 from qatune.inference.pipeline import TorchRunner
-from qatune.tasks.qa.features import build_features
+from qatune.tasks.extractive_qa.features import build_features
 
 SAMPLE = Path(qatune.__file__).resolve().parent / "resources" / "sample"
 

@@ -16,9 +16,9 @@ import qatune
 from qatune.data import load_qa_examples
 from qatune.errors import ConfigError
 from qatune.methods import registry
-from qatune.tasks.qa.features import QAFeatures, collate, tokenize_examples
-from qatune.tasks.qa.modeling import QASpanModel, span_loss
-from qatune.tasks.qa.postprocess import decode
+from qatune.tasks.extractive_qa.features import QAFeatures, collate, tokenize_examples
+from qatune.tasks.extractive_qa.modeling import QASpanModel, span_loss
+from qatune.tasks.extractive_qa.postprocess import decode
 
 SEQ, STRIDE = 128, 32
 N_EVAL = 10

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from qatune.data import Answer, QAExample
-from qatune.tasks.qa.features import QAFeatures, tokenize_examples
-from qatune.tasks.qa.postprocess import decode, final_answers
+from qatune.tasks.extractive_qa.features import QAFeatures, tokenize_examples
+from qatune.tasks.extractive_qa.postprocess import decode, final_answers
 
 WORDS = ("river castle green seven north lamp queen harbour silver market bridge orchard tower "
          "winter copper garden falcon meadow quartz lantern thunder violet canyon ember").split()

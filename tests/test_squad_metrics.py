@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from qatune.errors import ConfigError, DataError, QatuneError
-from qatune.evaluation.squad_metrics import (
+from qatune.tasks.extractive_qa.squad_metrics import (
     apply_no_ans_threshold,
     compute_exact_v2,
     compute_f1_v2,

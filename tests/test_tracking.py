@@ -172,7 +172,7 @@ def _failing_loss(self, span_model, batch):
 
 def test_run_left_open_by_a_failed_training_does_not_block_the_next(runs_dir: Path, tiny_model_dir: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from qatune.tasks.qa.task import ExtractiveQATask
+    from qatune.tasks.extractive_qa.task import ExtractiveQATask
 
     experiment = "qatune-left-open"
     with monkeypatch.context() as patch:
@@ -198,7 +198,7 @@ def test_run_left_open_by_a_failed_training_does_not_block_the_next(runs_dir: Pa
 
 def test_failed_training_marks_the_run_failed(runs_dir: Path, tiny_model_dir: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from qatune.tasks.qa.task import ExtractiveQATask
+    from qatune.tasks.extractive_qa.task import ExtractiveQATask
 
     experiment = "qatune-fails"
     monkeypatch.setattr(ExtractiveQATask, "loss", _failing_loss)

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qatune.data.squad import load_squad_dataset_json
-    from qatune.evaluation.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
+    from qatune.tasks.extractive_qa.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
 
     dataset = load_squad_dataset_json(args.data)
     preds = _read_json_map(args.predictions, "predictions")

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from qatune.data.types import Answer, LoadReport, QAExample
 from qatune.errors import ConfigError, DataError
+from qatune.tasks.extractive_qa.types import Answer, LoadReport, QAExample
 
 __all__ = ["examples_to_squad_json", "load_qa_examples", "load_squad_dataset_json"]
 

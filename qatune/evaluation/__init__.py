@@ -1,1 +1,1 @@
-"""Scoring of QA predictions (SQuAD v1.1 / v2.0 official metrics)."""
+"""Evaluation orchestration: a trained run on data -> the task's metrics and prediction files."""

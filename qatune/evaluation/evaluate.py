@@ -21,7 +21,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     """
     from qatune.data.squad import load_qa_examples
     from qatune.inference.pipeline import load_pipeline
-    from qatune.tasks.qa.task import score_predictions
+    from qatune.tasks.extractive_qa.task import score_predictions
 
     out = ensure_writable_dir(Path(output)) if output else None
     examples, report = load_qa_examples(data, max_samples=max_eval_samples, split=split)

@@ -62,7 +62,7 @@ def parse_backends(spec: str | Sequence[str]) -> list[Backend]:
 
 def skip_reason(backend: Backend, torch_device: str = "cpu") -> str | None:
     """Why a backend cannot run here (None: it can)."""
-    from qatune.export.runner import PROVIDER_ALIASES, cuda_gpu_present
+    from qatune.inference.onnx_runner import PROVIDER_ALIASES, cuda_gpu_present
 
     if backend.engine == "torch":
         if torch_device.startswith("cuda"):
@@ -72,7 +72,7 @@ def skip_reason(backend: Backend, torch_device: str = "cpu") -> str | None:
                 return "skipped: no CUDA GPU"
         return None
     try:
-        from qatune.export.runner import available_providers
+        from qatune.inference.onnx_runner import available_providers
 
         available = available_providers()
     except QatuneError:
@@ -104,7 +104,7 @@ def torch_size_mb(run_dir: Path, run_cfg: dict[str, Any]) -> float:
 
 
 def _subset(features: Any, indices: Sequence[int]) -> Any:
-    from qatune.tasks.qa.features import QAFeatures
+    from qatune.tasks.extractive_qa.features import QAFeatures
 
     idx = list(indices)
     return QAFeatures(
@@ -118,8 +118,8 @@ def _subset(features: Any, indices: Sequence[int]) -> Any:
 def measure(runner: Callable[..., Any], examples: Sequence[Any], features: Any, run_cfg: dict[str, Any],
             version_2: bool, latency_samples: int, batch_size: int, warmup: int = 3) -> dict[str, Any]:
     """Latency (batch 1 = one question's windows), throughput (batch ``batch_size``) and EM/F1 of a runner."""
-    from qatune.tasks.qa.postprocess import decode
-    from qatune.tasks.qa.task import score_predictions
+    from qatune.tasks.extractive_qa.postprocess import decode
+    from qatune.tasks.extractive_qa.task import score_predictions
 
     by_question: dict[int, list[int]] = {}
     for f, ex in enumerate(features.example_index.tolist()):
@@ -152,7 +152,7 @@ def measure(runner: Callable[..., Any], examples: Sequence[Any], features: Any, 
 
 
 def _export_key(folder: str | os.PathLike) -> tuple[str, bool]:
-    from qatune.export.runner import read_export_info
+    from qatune.inference.onnx_runner import read_export_info
 
     info = read_export_info(folder)
     if not info:
@@ -162,7 +162,7 @@ def _export_key(folder: str | os.PathLike) -> tuple[str, bool]:
 
 def _source_run(run: Path) -> tuple[Path, dict[tuple[str, bool], Path]]:
     """(PyTorch run dir, {(quantization, optimized): export dir}) for a run dir or an export dir."""
-    from qatune.export.runner import is_onnx_export, read_export_info
+    from qatune.inference.onnx_runner import is_onnx_export, read_export_info
 
     if not is_onnx_export(run):
         return run, {}
@@ -187,7 +187,7 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
 
     from qatune.artifacts import load_trained_model
     from qatune.data.squad import load_qa_examples
-    from qatune.tasks.qa.features import build_features
+    from qatune.tasks.extractive_qa.features import build_features
 
     log = log or (lambda msg: print(f"qatune: {msg}", flush=True))
     chosen = parse_backends(backends)
@@ -261,7 +261,7 @@ def _make_runner(backend: Backend, run: Path, loaded: tuple[Any, Any, dict[str, 
                  given: dict[tuple[str, bool], Path],
                  work: Path, device: str, threads: int | None, log: Callable[[str], None]) -> tuple[Any, str, float]:
     from qatune.export.onnx import export_onnx
-    from qatune.export.runner import MODEL_FILE, OnnxRunner
+    from qatune.inference.onnx_runner import MODEL_FILE, OnnxRunner
     from qatune.inference.pipeline import TorchRunner
 
     model, tokenizer, run_cfg = loaded

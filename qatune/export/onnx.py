@@ -40,7 +40,14 @@ import numpy as np
 
 from qatune.artifacts import RUN_CONFIG, read_run_config, write_json
 from qatune.errors import ConfigError, ModelError, OutputError, QatuneError
-from qatune.export.runner import EXPORT_FILE, MODEL_FILE, OnnxRunner, import_onnxruntime, pad_batch, read_export_info
+from qatune.inference.onnx_runner import (
+    EXPORT_FILE,
+    MODEL_FILE,
+    OnnxRunner,
+    import_onnxruntime,
+    pad_batch,
+    read_export_info,
+)
 
 QUANTIZATIONS = ("none", "int8", "int8-static", "fp16")
 MIN_OPSET = 17
@@ -98,7 +105,7 @@ def parity_examples(run_cfg: dict[str, Any], samples: int = 8, data: str | None 
 def reference_outputs(model: Any, tokenizer: Any, run_cfg: dict[str, Any], samples: int = 8,
                       data: str | None = None) -> Reference:
     from qatune.inference.pipeline import TorchRunner
-    from qatune.tasks.qa.features import build_features
+    from qatune.tasks.extractive_qa.features import build_features
 
     examples, source = parity_examples(run_cfg, samples, data)
     features = build_features(examples, tokenizer, int(run_cfg.get("max_seq_length", 384)),
@@ -116,7 +123,7 @@ def compare(onnx_path: str | os.PathLike, ref: Reference, quantization: str = "n
     Passes when max |logit diff| <= ``tolerance`` and the share of questions with the same best answer
     >= ``min_agreement`` (defaults per quantization: :data:`DEFAULT_TOLERANCE`, :data:`DEFAULT_MIN_AGREEMENT`).
     """
-    from qatune.tasks.qa.postprocess import decode
+    from qatune.tasks.extractive_qa.postprocess import decode
 
     tol = DEFAULT_TOLERANCE[quantization] if tolerance is None else float(tolerance)
     agree_min = DEFAULT_MIN_AGREEMENT[quantization] if min_agreement is None else float(min_agreement)
@@ -245,7 +252,7 @@ def _uses_token_types(model: Any, features: Any) -> bool:
 def _trace(model: Any, ref: Reference, path: Path, opset: int, input_names: list[str], pad_token_id: int) -> None:
     import torch
 
-    from qatune.tasks.qa.modeling import QASpanModel
+    from qatune.tasks.extractive_qa.modeling import QASpanModel
 
     wrapper = QASpanModel(model).eval()
     indices = list(range(min(2, len(ref.features))))
@@ -276,7 +283,7 @@ def _optimize(raw: Path, out: Path, config: Any) -> dict[str, int]:
 def _calibration_feeds(source: str, samples: int, tokenizer: Any, run_cfg: dict[str, Any],
                        input_names: list[str], pad_token_id: int) -> list[dict[str, np.ndarray]]:
     from qatune.data.squad import load_qa_examples
-    from qatune.tasks.qa.features import build_features
+    from qatune.tasks.extractive_qa.features import build_features
 
     examples, _ = load_qa_examples(source, max_samples=samples)
     if not examples:

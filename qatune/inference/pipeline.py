@@ -19,10 +19,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from qatune.data.types import QAExample
 from qatune.errors import DataError
-from qatune.tasks.qa.features import QAFeatures, build_features
-from qatune.tasks.qa.postprocess import Decoded, decode
+from qatune.tasks.extractive_qa.features import QAFeatures, build_features
+from qatune.tasks.extractive_qa.postprocess import Decoded, decode
+from qatune.tasks.extractive_qa.types import QAExample
 
 
 @dataclass
@@ -58,7 +58,7 @@ class TorchRunner:
         import torch
 
         from qatune import runtime
-        from qatune.tasks.qa.modeling import QASpanModel
+        from qatune.tasks.extractive_qa.modeling import QASpanModel
 
         self.device = runtime.pick_device(device)
         self.precision = runtime.resolve_precision(precision, self.device)
@@ -69,7 +69,7 @@ class TorchRunner:
 
     def __call__(self, features: QAFeatures, batch_size: int, progress: bool = False
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        from qatune.tasks.qa.inference import predict_logits
+        from qatune.tasks.extractive_qa.inference import predict_logits
 
         starts, ends, _ = predict_logits(self.span_model, features, self.pad_token_id, batch_size, self.device,
                                          self.precision, progress=progress)
@@ -81,7 +81,7 @@ RUNNER_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., tuple[Runner, A
 
 
 def _register_builtin_loaders() -> None:
-    from qatune.export.runner import register  # numpy only: onnxruntime is imported when an export loads
+    from qatune.inference.onnx_runner import register  # numpy only: onnxruntime is imported when an export loads
 
     register(RUNNER_LOADERS)
 

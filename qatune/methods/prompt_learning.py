@@ -1,7 +1,7 @@
 """Virtual-token methods: prefix tuning, P-tuning (prompt encoder) and prompt tuning, plus a PEFT passthrough.
 
 Prompt and P-tuning prepend virtual tokens to the input, so the model returns logits for
-``num_virtual_tokens + seq_len`` positions; :func:`qatune.tasks.qa.modeling.span_logits` strips them so
+``num_virtual_tokens + seq_len`` positions; :func:`qatune.tasks.extractive_qa.modeling.span_logits` strips them so
 labels, logits and offset mappings stay aligned. Prefix tuning adds keys/values only (no extra positions).
 """
 

@@ -9,7 +9,7 @@ from qatune.errors import ConfigError
 
 def get_task(name: str) -> Any:
     if name in ("extractive_qa", "qa"):
-        from qatune.tasks.qa.task import ExtractiveQATask
+        from qatune.tasks.extractive_qa.task import ExtractiveQATask
 
         return ExtractiveQATask()
     raise ConfigError(f"unknown task '{name}'. Available: extractive_qa")

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from qatune.data.types import QAExample
-from qatune.tasks.qa.features import QAFeatures
+from qatune.tasks.extractive_qa.features import QAFeatures
+from qatune.tasks.extractive_qa.types import QAExample
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from qatune.data.types import QAExample
+from qatune.tasks.extractive_qa.types import QAExample
 
 FEATURES_VERSION = 1
 MAX_QUERY_TOKENS = 64  # as in the original BERT SQuAD code: longer questions are clipped

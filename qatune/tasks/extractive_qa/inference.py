@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from qatune.runtime import autocast
-from qatune.tasks.qa.features import QAFeatures, collate, inference_batches
-from qatune.tasks.qa.modeling import INPUT_KEYS, QASpanModel, span_loss
+from qatune.tasks.extractive_qa.features import QAFeatures, collate, inference_batches
+from qatune.tasks.extractive_qa.modeling import INPUT_KEYS, QASpanModel, span_loss
 
 
 @torch.inference_mode()

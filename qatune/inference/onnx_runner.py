@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from qatune.errors import ConfigError, ModelError
-from qatune.tasks.qa.features import QAFeatures, inference_batches
+from qatune.tasks.extractive_qa.features import QAFeatures, inference_batches
 
 MODEL_FILE = "model.onnx"
 EXPORT_FILE = "export.json"

@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qatune.data.types import QAExample
-from qatune.tasks.qa.features import QAFeatures, build_features, collate, length_grouped_batches
-from qatune.tasks.qa.modeling import QASpanModel, span_loss
-from qatune.tasks.qa.postprocess import decode, final_answers
+from qatune.tasks.extractive_qa.features import QAFeatures, build_features, collate, length_grouped_batches
+from qatune.tasks.extractive_qa.modeling import QASpanModel, span_loss
+from qatune.tasks.extractive_qa.postprocess import decode, final_answers
+from qatune.tasks.extractive_qa.types import QAExample
 
 
 @dataclass
@@ -40,7 +40,7 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
     the official script run on predictions.json + na_probs.json reproduces metrics.json exactly.
     """
     from qatune.data.squad import examples_to_squad_json
-    from qatune.evaluation.squad_metrics import squad_v1_evaluate, squad_v2_evaluate
+    from qatune.tasks.extractive_qa.squad_metrics import squad_v1_evaluate, squad_v2_evaluate
 
     dataset = examples_to_squad_json(list(examples), "2.0" if version_2 else "1.1")["data"]
     if not version_2:
@@ -102,7 +102,7 @@ class ExtractiveQATask:
                  features: QAFeatures, *, version_2: bool, batch_size: int, device: Any, precision: str,
                  n_best: int = 20, max_answer_length: int = 30, null_threshold: float | None = None,
                  progress: bool = True) -> QAEvalResult:
-        from qatune.tasks.qa.inference import predict_logits
+        from qatune.tasks.extractive_qa.inference import predict_logits
 
         t0 = time.perf_counter()
         starts, ends, loss = predict_logits(span_model, features, tokenizer.pad_token_id, batch_size, device,
