@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import qatune
     from qatune.artifacts import read_run_config
-    from qatune.data.squad import load_qa_examples
+    from qatune.data.readers import load_qa_examples
     from qatune.methods import registry
     from qatune.tasks.extractive_qa.squad_metrics import exact_match_v1, f1_v1, normalize_answer
 

@@ -31,6 +31,6 @@ def evaluate(run_dir: str, data: str, **kwargs: Any) -> dict[str, Any]:
 
 def load(path: str, **kwargs: Any) -> Any:
     """Load a run directory (adapter, full model or exported ONNX) as a ready QA pipeline."""
-    from qatune.inference.pipeline import load_pipeline
+    from qatune.tasks.extractive_qa.predictor import load_pipeline
 
     return load_pipeline(path, **kwargs)

@@ -1,4 +1,4 @@
-"""Tests for qatune.data.squad: every input format, the repair/drop rules and every user-facing error.
+"""Tests for qatune.data.readers: every input format, the repair/drop rules and every user-facing error.
 
 All data is hand-written here (tiny, made-up passages) so the tests are fast and need no download; one test
 reads the shared official SQuAD dev file when it is present.

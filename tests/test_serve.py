@@ -318,7 +318,7 @@ class ForcedRunner:
 
 
 def test_long_context_answer_in_the_last_window_is_found(pipeline: Any) -> None:
-    from qatune.inference.pipeline import QAPipeline
+    from qatune.tasks.extractive_qa.predictor import QAPipeline
 
     ctx = long_context()
     assert len(ctx) > 20_000

@@ -186,7 +186,7 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
     import torch
 
     from qatune.artifacts import load_trained_model
-    from qatune.data.squad import load_qa_examples
+    from qatune.data.readers import load_qa_examples
     from qatune.tasks.extractive_qa.features import build_features
 
     log = log or (lambda msg: print(f"qatune: {msg}", flush=True))
@@ -262,7 +262,7 @@ def _make_runner(backend: Backend, run: Path, loaded: tuple[Any, Any, dict[str, 
                  work: Path, device: str, threads: int | None, log: Callable[[str], None]) -> tuple[Any, str, float]:
     from qatune.export.onnx import export_onnx
     from qatune.inference.onnx_runner import MODEL_FILE, OnnxRunner
-    from qatune.inference.pipeline import TorchRunner
+    from qatune.tasks.extractive_qa.predictor import TorchRunner
 
     model, tokenizer, run_cfg = loaded
     if backend.engine == "torch":

@@ -84,7 +84,7 @@ class Reference:
 
 def parity_examples(run_cfg: dict[str, Any], samples: int = 8, data: str | None = None) -> tuple[list[Any], str]:
     """The first ``samples`` questions of ``data``, else of the run's eval data, else of the bundled sample."""
-    from qatune.data.squad import load_qa_examples
+    from qatune.data.readers import load_qa_examples
 
     sample = Path(__file__).resolve().parents[1] / "resources" / "sample" / "dev.json"
     candidates = [c for c in (data, run_cfg.get("eval")) if c] + [str(sample)]
@@ -104,8 +104,8 @@ def parity_examples(run_cfg: dict[str, Any], samples: int = 8, data: str | None 
 
 def reference_outputs(model: Any, tokenizer: Any, run_cfg: dict[str, Any], samples: int = 8,
                       data: str | None = None) -> Reference:
-    from qatune.inference.pipeline import TorchRunner
     from qatune.tasks.extractive_qa.features import build_features
+    from qatune.tasks.extractive_qa.predictor import TorchRunner
 
     examples, source = parity_examples(run_cfg, samples, data)
     features = build_features(examples, tokenizer, int(run_cfg.get("max_seq_length", 384)),
@@ -282,7 +282,7 @@ def _optimize(raw: Path, out: Path, config: Any) -> dict[str, int]:
 
 def _calibration_feeds(source: str, samples: int, tokenizer: Any, run_cfg: dict[str, Any],
                        input_names: list[str], pad_token_id: int) -> list[dict[str, np.ndarray]]:
-    from qatune.data.squad import load_qa_examples
+    from qatune.data.readers import load_qa_examples
     from qatune.tasks.extractive_qa.features import build_features
 
     examples, _ = load_qa_examples(source, max_samples=samples)

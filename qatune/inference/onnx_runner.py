@@ -2,7 +2,7 @@
 
 An export directory (``model.onnx`` + tokenizer + ``qatune.yaml``) loads through ``qatune.load`` /
 ``load_pipeline`` like any run: :func:`register` adds ``(is_onnx_export, load_onnx_export)`` to
-``qatune.inference.pipeline.RUNNER_LOADERS``, so ``qatune predict``/``evaluate``/``serve`` run it with the
+``qatune.tasks.extractive_qa.predictor.RUNNER_LOADERS``, so ``qatune predict``/``evaluate``/``serve`` run it with the
 same tokenization, windowing and answer decoding as the PyTorch model.
 
 Execution providers: ``device="auto"`` picks TensorRT > CUDA > CPU among those this onnxruntime build

@@ -103,7 +103,7 @@ def prepare_data(shared: dict[str, Any], train: str, eval: str | None, out_dir: 
     step, which reads those files, computes the same cache key and finds them in ``features/``.
     """
     from qatune.config import config_from_dict
-    from qatune.data.squad import examples_to_squad_json
+    from qatune.data.readers import examples_to_squad_json
     from qatune.models import load_tokenizer
     from qatune.tasks import get_task
 

@@ -1,4 +1,4 @@
-"""The HTTP server: a FastAPI app over a :class:`~qatune.inference.pipeline.QAPipeline`.
+"""The HTTP server: a FastAPI app over a :class:`~qatune.tasks.extractive_qa.predictor.QAPipeline`.
 
 Endpoints::
 

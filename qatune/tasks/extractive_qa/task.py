@@ -39,7 +39,7 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
     ``na_probs`` written for v2 are ``sigmoid(score_gap - threshold)``: above 0.5 means "no answer", and
     the official script run on predictions.json + na_probs.json reproduces metrics.json exactly.
     """
-    from qatune.data.squad import examples_to_squad_json
+    from qatune.data.readers import examples_to_squad_json
     from qatune.tasks.extractive_qa.squad_metrics import squad_v1_evaluate, squad_v2_evaluate
 
     dataset = examples_to_squad_json(list(examples), "2.0" if version_2 else "1.1")["data"]
@@ -75,7 +75,7 @@ class ExtractiveQATask:
     peft_task_type = "QUESTION_ANS"
 
     def load(self, source: str, max_samples: int | None, split: str | None = None):
-        from qatune.data.squad import load_qa_examples
+        from qatune.data.readers import load_qa_examples
 
         return load_qa_examples(source, max_samples=max_samples, split=split)
 
