@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qatune.data.readers import load_qa_examples  # noqa: E402
-from qatune.models import resolve_model  # noqa: E402
+from qatune.backends.hf.models import resolve_model  # noqa: E402
+from qatune.tasks.extractive_qa.squad import load_qa_examples  # noqa: E402
 
 
 def prepare_train(examples, tokenizer, max_len=384, stride=128):
@@ -96,7 +96,7 @@ def train(args):
 def evaluate(args):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from qatune.data.readers import examples_to_squad_json
+    from qatune.tasks.extractive_qa.squad import examples_to_squad_json
     from qatune.tasks.extractive_qa.squad_metrics import squad_v1_evaluate
 
     examples, _ = load_qa_examples(args.data, max_samples=args.max_eval_samples)

@@ -1,19 +1,20 @@
 """The run directory: what training writes and what ``qatune.load`` / evaluate / export read back.
 
-A full fine-tuning run is a standard Hugging Face model dir; a PEFT run is a standard PEFT adapter dir.
-Both also hold ``qatune.yaml`` (the resolved config plus what loading needs), ``metrics.json``,
-``history.json`` and the predictions.
+The model files are the backend's (``Backend.save_run`` / ``load_run``); every run also holds
+``qatune.yaml`` (the resolved config plus what loading needs), ``metrics.json``, ``history.json`` and
+the task's evaluation files (e.g. ``predictions.json``). This module only reads and writes those files:
+loading a model is :func:`qatune.inference.loader.load_run_model`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from qatune.core.jsonio import write_json  # noqa: F401 - run-dir writers import it from here
 from qatune.errors import ModelError, OutputError
 
 RUN_CONFIG = "qatune.yaml"
@@ -30,12 +31,6 @@ def ensure_writable_dir(path: Path) -> Path:
         raise OutputError(f"output directory {path} is not writable ({exc.strerror or exc}); "
                           "choose another --output") from None
     return path
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -55,48 +50,3 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"{cfg_file} is damaged (not a mapping of keys to values); retrain into a new --output")
     return data
-
-
-def base_model_of(run_cfg: dict[str, Any]) -> str:
-    """The run's base model: its ``model`` (alias, hub id or a path valid from here), else the absolute
-    ``base_model_path`` recorded at training time (a relative ``--model`` path from another directory)."""
-    from qatune.models import ALIASES
-
-    name = str(run_cfg.get("model") or "")
-    saved = run_cfg.get("base_model_path")
-    if name in ALIASES or (name and Path(name).expanduser().exists()):
-        return name
-    if saved and Path(str(saved)).expanduser().exists():
-        return str(saved)
-    if not name:
-        raise ModelError("the run's qatune.yaml names no base model ('model'); retrain into a new --output")
-    return name
-
-
-def load_trained_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0
-                       ) -> tuple[Any, Any, dict[str, Any]]:
-    """Return ``(model, tokenizer, run_config)`` from a run dir; LoRA-style adapters merged when possible."""
-    from qatune.methods import registry
-    from qatune.models import load_model_for_task, load_tokenizer
-    from qatune.tasks import get_task
-
-    path = Path(run_dir)
-    run_cfg = read_run_config(path)
-    task = get_task(run_cfg.get("task", "extractive_qa"))
-    tokenizer = load_tokenizer(str(path))
-    method = registry.get(run_cfg.get("method", "full"))
-    if not method.is_peft:
-        model = load_model_for_task(str(path), task.auto_class, attention_dropout=attention_dropout)
-    else:
-        from peft import PeftModel
-
-        base_name = base_model_of(run_cfg)
-        base = load_model_for_task(base_name, task.auto_class, attention_dropout=attention_dropout)
-        try:
-            model = PeftModel.from_pretrained(base, str(path))
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"adapter in {path} could not be loaded onto base model '{base_name}': {exc}") from None
-        if merge and method.mergeable:
-            model = model.merge_and_unload()
-    model.eval()
-    return model, tokenizer, run_cfg

@@ -2,6 +2,11 @@
 
 Why dataclasses and not dicts: unknown keys and wrong types are caught at load time with a message
 naming the key, instead of failing deep inside training.
+
+Layout: generic training keys at the top level, then one section per task (``qa: {doc_stride: 128}``),
+per backend (``hf: {trust_remote_code: false}``) and per method (``lora: {r: 8}``). A task's or
+backend's options may also be given at the top level, as before sections existed (``doc_stride: 64``,
+``--doc-stride 64``): they are moved into their section.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from qatune.core.options import coerce, convert, field_kind, section_values, type_error
 from qatune.errors import ConfigError
 
 
@@ -24,6 +30,7 @@ class TrainConfig:
     model: str = "minilm"
     method: str = "lora"
     task: str = "extractive_qa"
+    backend: str = "hf"
     train: str | None = None
     eval: str | None = None
     output: str = "runs/qatune"
@@ -39,15 +46,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     max_seq_length: int = 384
-    doc_stride: int = 128  # not given and max_seq_length too short for it: see _auto_doc_stride
-    n_best: int = 20
-    max_answer_length: int = 30
     precision: str = "auto"  # auto | bf16 | fp32
     attention_dropout: float | None = 0.0  # 0 lets SDPA use its fused kernel; None keeps the model's value
     group_by_length: bool = True
     do_eval: bool = True
-    null_threshold: float | None = None  # SQuAD v2: None tunes it on the eval set
-    version_2: bool | None = None  # None: detect from the data
     save_steps: int = 0  # 0: checkpoint at each epoch end only
     stop_after_steps: int | None = None  # stop resumably after N optimizer steps (job time slots)
     resume: bool = False
@@ -59,72 +61,53 @@ class TrainConfig:
     cache_dir: str | None = None
     num_threads: int | None = None
     device: str = "auto"  # auto | cpu | cuda
-    trust_remote_code: bool = False
     debug: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's section, resolved (all its keys)
+    backend_options: dict[str, Any] = field(default_factory=dict)  # the backend's section, resolved
 
     def options_for(self, method: str) -> dict[str, Any]:
         return dict(self.method_options.get(method, {}))
+
+    def task_config(self) -> Any:
+        """The task's options object (e.g. ``QAOptions``)."""
+        from qatune.tasks import get_task
+
+        return get_task(self.task).options_type(**self.task_options)
+
+    def backend_config(self) -> Any:
+        from qatune.backends import get_backend
+
+        return get_backend(self.backend).options_type(**self.backend_options)
+
+    def __getattr__(self, name: str) -> Any:
+        """Read access to task/backend options by their flat name (``cfg.doc_stride``), as before sections."""
+        if name.startswith("_") or name in ("task_options", "backend_options"):
+            raise AttributeError(name)
+        for section in (self.__dict__.get("task_options") or {}, self.__dict__.get("backend_options") or {}):
+            if name in section:
+                return section[name]
+        raise AttributeError(f"'TrainConfig' has no attribute '{name}'")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def _type_error(key: str, value: Any, kind: str) -> ConfigError:
-    return ConfigError(f"config key '{key}': {value!r} is not a valid {kind}")
+    return type_error(key, value, kind)
 
 
 def _convert(key: str, value: Any, kind: str) -> Any:
-    """``value`` as ``kind`` (bool, int, float or str); bools are never numbers, 2.5 is never an int."""
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in {"true", "1", "yes", "on"}:
-            return True
-        if str(value).lower() in {"false", "0", "no", "off"}:
-            return False
-        raise _type_error(key, value, "bool (true or false)")
-    if kind in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise _type_error(key, value, kind)
-        try:
-            number = float(value)
-        except ValueError:
-            raise _type_error(key, value, kind) from None
-        if kind == "float":
-            return number
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise _type_error(key, value, kind) from None
-        if not number.is_integer():
-            raise _type_error(key, value, kind)
-        return int(number)
-    if kind == "str":
-        if isinstance(value, (dict, list)):
-            raise _type_error(key, value, "string")
-        return str(value)
-    return value
+    return convert(key, value, kind)
 
 
 def _field_kind(key: str) -> tuple[str | None, bool]:
-    """(bool/int/float/str or None, optional) from the field's annotation, e.g. 'int | None' -> ('int', True)."""
-    annotation = str(_FIELDS[key].type)
-    optional = "None" in annotation
-    base = annotation.replace(" | None", "").strip()
-    return (base if base in ("bool", "int", "float", "str") else None), optional
+    return field_kind(_FIELDS[key])
 
 
 def _coerce(key: str, value: Any, default: Any = None) -> Any:
     """Coerce YAML/CLI values to the field's type, with a message naming the key."""
-    kind, optional = _field_kind(key)
-    if value is None:
-        if optional or kind is None:
-            return None
-        raise ConfigError(f"config key '{key}' needs a value (a {kind}); remove the key to use the default "
-                          f"({getattr(TrainConfig, key, None)!r})")
-    return _convert(key, value, kind) if kind else value
+    return coerce(_FIELDS[key], key, value, getattr(TrainConfig, key, None))
 
 
 def _parse_scalar(text: str) -> Any:
@@ -134,20 +117,28 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` / ``section.key=value`` overrides (values parsed as YAML scalars)."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], example: str = "epochs=2 or lora.r=16",
+                    verbatim_under: str | None = None) -> dict[str, Any]:
+    """Apply ``key=value`` / ``section.key=value`` overrides (values parsed as YAML scalars).
+
+    ``verbatim_under``: the name after this top-level section keeps its hyphens (compare's method labels:
+    ``methods.lora-last4.learning_rate=1e-3``)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. epochs=2 or lora.r=16)")
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. {example})")
         key, value = item.split("=", 1)
-        key = key.strip().lstrip("-").replace("-", "_")
+        key = key.strip().lstrip("-")
         parts = key.split(".")
+        parts = [p if (i == 1 and parts[0] == verbatim_under) else p.replace("-", "_") for i, p in enumerate(parts)]
+        key = ".".join(parts)
         if not all(parts):
-            raise ConfigError(f"override '{item}': '{key}' is not a valid key (e.g. epochs=2 or lora.r=16)")
+            raise ConfigError(f"override '{item}': '{key}' is not a valid key (e.g. {example})")
         node = out
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
         if len(parts) == 1 and parts[0] in _FIELDS and _field_kind(parts[0])[0] == "str":
@@ -158,10 +149,51 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a TrainConfig; any unknown top-level mapping is a method section (``lora: {r: 8}``)."""
-    from qatune.methods import registry  # late: methods import torch/peft lazily
+def _section_fields(options_type: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(options_type)}
 
+
+def _split_section(raw: dict[str, Any], section: str, options_type: type, source: str) -> dict[str, Any]:
+    """Pop the ``section:`` mapping and the section's flat keys (``doc_stride: 64``) from ``raw``; a key
+    given both ways with different values is refused, naming both spellings."""
+    names = _section_fields(options_type)
+    given = raw.pop(section, None)
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{source}: section '{section}' must be a mapping of options, got {given!r}")
+    values = section_values(options_type, given, section, source)
+    for key in [k for k in raw if k.replace("-", "_") in names]:
+        norm = key.replace("-", "_")
+        value = _coerce_flat(options_type, norm, raw.pop(key))
+        if norm in values and values[norm] != value:
+            raise ConfigError(f"{source}: '{norm}' is given twice, as '{key}' and as '{section}.{norm}'; "
+                              f"keep '{section}.{norm}'")
+        values[norm] = value
+    return values
+
+
+def _coerce_flat(options_type: type, name: str, value: Any) -> Any:
+    """A section option given at the top level: checked under its flat name, as before sections."""
+    field_ = next(f for f in dataclasses.fields(options_type) if f.name == name)
+    return coerce(field_, name, value, getattr(options_type(), name))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a TrainConfig from generic keys, the task's and backend's sections (or their flat keys) and
+    method sections (``lora: {r: 8}``)."""
+    from qatune.backends import get_backend
+    from qatune.methods import registry  # late: methods import torch/peft lazily
+    from qatune.tasks import canonical_task_name, get_task
+
+    raw = {str(k): v for k, v in raw.items()}
+    task_name = str(raw.get("task") or TrainConfig.task)
+    task = get_task(task_name)
+    backend = get_backend(str(raw.get("backend") or TrainConfig.backend))
+    task_values = _split_section(raw, task.section, task.options_type, source)
+    backend_values = _split_section(raw, backend.name, backend.options_type, source)
+    for key in ("task_options", "backend_options"):
+        raw.pop(key, None)
     kwargs: dict[str, Any] = {}
     method_options: dict[str, dict[str, Any]] = dict(raw.get("method_options") or {})
     defaults = TrainConfig()
@@ -174,15 +206,17 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
         elif isinstance(value, dict) and norm in registry.names():
             method_options.setdefault(norm, {}).update(value)
         else:
-            known = ", ".join(sorted(k for k in _FIELDS if k != "method_options"))
-            raise ConfigError(f"{source}: unknown key '{key}'. Known keys: {known}; or a method section "
-                              f"such as 'lora:' (one of {', '.join(registry.names())}).")
+            known = ", ".join(sorted(k for k in _FIELDS if not k.endswith("_options")))
+            raise ConfigError(f"{source}: unknown key '{key}'. Known keys: {known}; a task or backend section "
+                              f"('{task.section}:', '{backend.name}:') or a method section such as 'lora:' "
+                              f"(one of {', '.join(registry.names())}).")
     for name, options in method_options.items():
         method_options[name] = _method_section(name, options, source)
-    if "doc_stride" not in kwargs and "max_seq_length" in kwargs:
-        kwargs["doc_stride"] = _auto_doc_stride(kwargs["max_seq_length"], defaults.doc_stride)
-    cfg = TrainConfig(**kwargs, method_options=method_options)
+    kwargs["task"] = canonical_task_name(task_name)
+    cfg = TrainConfig(**kwargs, method_options=method_options, backend_options=backend_values)
     validate(cfg)
+    options = task.resolve_options(task_values, {"max_seq_length": cfg.max_seq_length}, source)
+    cfg.task_options = dataclasses.asdict(options)
     return cfg
 
 
@@ -221,27 +255,8 @@ def _method_section(name: str, options: Any, source: str) -> dict[str, Any]:
     return out
 
 
-# special tokens a question/context pair adds: 3 for BERT ([CLS] q [SEP] c [SEP]), 4 for RoBERTa
-_PAIR_SPECIAL_TOKENS = 4
-
-
-def _max_doc_stride(max_seq_length: int) -> int:
-    """Largest stride a window can have: besides the overlap it needs the special tokens, at least one
-    question token and one new context token (the tokenizer aborts with a Rust panic otherwise)."""
-    return max_seq_length - _PAIR_SPECIAL_TOKENS - 2
-
-
-def _auto_doc_stride(max_seq_length: Any, default: int) -> Any:
-    """The documented default (128) where it leaves room for a full 64-token question, else a quarter of
-    the window (128 -> 32), so ``max_seq_length=128`` alone just works."""
-    from qatune.tasks.extractive_qa.features import MAX_QUERY_TOKENS
-
-    if not isinstance(max_seq_length, int) or default + MAX_QUERY_TOKENS + _PAIR_SPECIAL_TOKENS < max_seq_length:
-        return default
-    return max(0, min(default, max_seq_length // 4, _max_doc_stride(max_seq_length)))
-
-
 def validate(cfg: TrainConfig) -> None:
+    """The generic keys; the task checks its own section (``Task.resolve_options``)."""
     from qatune.methods import registry
 
     registry.get(cfg.method)  # raises a ConfigError listing the methods
@@ -250,18 +265,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"config key '{name}' must not be empty")
     if cfg.epochs <= 0:
         raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
-    for name in ("batch_size", "eval_batch_size", "grad_accum", "max_seq_length", "n_best", "max_answer_length"):
+    for name in ("batch_size", "eval_batch_size", "grad_accum", "max_seq_length"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    limit = _max_doc_stride(cfg.max_seq_length)
-    if limit < 0:
-        raise ConfigError(f"max_seq_length must be at least {_PAIR_SPECIAL_TOKENS + 2} (special tokens, question "
-                          f"and context), got {cfg.max_seq_length}")
-    if not 0 <= cfg.doc_stride <= limit:
-        raise ConfigError(f"doc_stride must be in [0, {limit}] for max_seq_length={cfg.max_seq_length} (each "
-                          f"window needs special tokens, the question and new context beyond the overlap), got "
-                          f"{cfg.doc_stride}; lower doc_stride (e.g. doc_stride={cfg.max_seq_length // 4}) or "
-                          "raise max_seq_length")
     if cfg.precision not in {"auto", "bf16", "fp32"}:
         raise ConfigError(f"precision must be auto, bf16 or fp32, got '{cfg.precision}'")
     for name in ("max_train_samples", "max_eval_samples"):
@@ -296,10 +302,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The resolved config as plain YAML-able data: method sections flattened back to top level."""
+    """The resolved config as plain YAML-able data: task, backend and method sections at the top level
+    (``qa:``, ``hf:``, ``lora:``), as a YAML config spells them."""
+    from qatune.tasks import get_task
+
     data = dataclasses.asdict(cfg)
-    sections = data.pop("method_options")
-    data.update(sections)
+    methods = data.pop("method_options")
+    data[get_task(cfg.task).section] = data.pop("task_options")
+    data[cfg.backend] = data.pop("backend_options")
+    data.update(methods)
     return data
 
 

@@ -265,7 +265,7 @@ def test_lora_last4_means_layers_4() -> None:
 
 
 def test_lora_last1_adapts_only_the_last_layer(tiny_model_dir: Path) -> None:
-    from qatune.models import load_model_for_task
+    from qatune.backends.hf.models import load_model_for_task
 
     method, _ = registry.resolve("lora-last1")
     options = registry.options("lora-last1", {"target_modules": ["query", "value"]})

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from qatune.data import (
+from qatune.errors import ConfigError, DataError
+from qatune.tasks.extractive_qa import (
     Answer,
     QAExample,
     examples_to_squad_json,
     load_qa_examples,
     load_squad_dataset_json,
 )
-from qatune.errors import ConfigError, DataError
 
 # Never reach the network: the hub test expects the offline error. qatune.data imports datasets lazily, so
 # setting this after the imports above still comes before datasets (and huggingface_hub) read it.

@@ -202,9 +202,9 @@ def process_group(tmp_path: Path):
 
 
 def span_model_and_features(model_dir: Path, method: str):
+    from qatune.backends.hf.models import load_model_for_task, load_tokenizer
     from qatune.config import config_from_dict
     from qatune.methods import registry
-    from qatune.models import load_model_for_task, load_tokenizer
     from qatune.tasks import get_task
 
     task = get_task("extractive_qa")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE
 
-from qatune.data import Answer, QAExample, load_qa_examples
+from qatune.tasks.extractive_qa import Answer, QAExample, load_qa_examples
 from qatune.tasks.extractive_qa import features as F
 
 SEQ, STRIDE = 128, 32

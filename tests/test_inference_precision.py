@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import qatune
-from qatune.data.readers import load_qa_examples
 from qatune.tasks.extractive_qa.features import build_features
 from qatune.tasks.extractive_qa.predictor import TorchRunner
+from qatune.tasks.extractive_qa.squad import load_qa_examples
 
 SAMPLE = Path(qatune.__file__).resolve().parent / "resources" / "sample"
 

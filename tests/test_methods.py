@@ -13,9 +13,9 @@ import torch
 from conftest import SAMPLE
 
 import qatune
-from qatune.data import load_qa_examples
 from qatune.errors import ConfigError
 from qatune.methods import registry
+from qatune.tasks.extractive_qa import load_qa_examples
 from qatune.tasks.extractive_qa.features import QAFeatures, collate, tokenize_examples
 from qatune.tasks.extractive_qa.modeling import QASpanModel, span_loss
 from qatune.tasks.extractive_qa.postprocess import decode
@@ -58,7 +58,7 @@ def dev_examples():
 
 
 def base_model(tiny_model_dir: Path):
-    from qatune.models import load_model_for_task
+    from qatune.backends.hf.models import load_model_for_task
 
     return load_model_for_task(str(tiny_model_dir), "AutoModelForQuestionAnswering", attention_dropout=0.0)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qatune.data import Answer, QAExample
+from qatune.tasks.extractive_qa import Answer, QAExample
 from qatune.tasks.extractive_qa.features import QAFeatures, tokenize_examples
 from qatune.tasks.extractive_qa.postprocess import decode, final_answers
 

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qatune.data.readers import load_squad_dataset_json
+    from qatune.tasks.extractive_qa.squad import load_squad_dataset_json
     from qatune.tasks.extractive_qa.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
 
     dataset = load_squad_dataset_json(args.data)

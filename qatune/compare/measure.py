@@ -21,7 +21,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 def load_eval_pairs(source: str, limit: int) -> list[tuple[str, str]]:
     """The first ``limit`` evaluation questions as (question, context) pairs."""
-    from qatune.data.readers import load_qa_examples
+    from qatune.tasks.extractive_qa.squad import load_qa_examples
 
     if limit <= 0:
         return []

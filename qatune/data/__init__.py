@@ -1,13 +1,6 @@
-"""QA data: the in-memory records and the loader that reads every supported format into them."""
+"""Data readers: every supported format (JSON, JSON Lines, CSV, Parquet, save_to_disk, hub) read into
+flat records; each task validates and repairs its own records (its schema lives with the task)."""
 
-from qatune.data.readers import examples_to_squad_json, load_qa_examples, load_squad_dataset_json
-from qatune.tasks.extractive_qa.types import Answer, LoadReport, QAExample
+from qatune.data.readers import Record, RecordSchema, check_max_samples, iter_flat, open_records, read_json
 
-__all__ = [
-    "Answer",
-    "LoadReport",
-    "QAExample",
-    "examples_to_squad_json",
-    "load_qa_examples",
-    "load_squad_dataset_json",
-]
+__all__ = ["Record", "RecordSchema", "check_max_samples", "iter_flat", "open_records", "read_json"]

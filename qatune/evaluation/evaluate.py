@@ -19,8 +19,8 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
 
     For SQuAD v2 data the no-answer threshold is tuned on this data unless ``null_threshold`` is given.
     """
-    from qatune.data.readers import load_qa_examples
     from qatune.tasks.extractive_qa.predictor import load_pipeline
+    from qatune.tasks.extractive_qa.squad import load_qa_examples
     from qatune.tasks.extractive_qa.task import score_predictions
 
     out = ensure_writable_dir(Path(output)) if output else None

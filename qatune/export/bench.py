@@ -13,7 +13,6 @@ never measured on something else.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from qatune.core.jsonio import write_json
 from qatune.errors import ConfigError, OutputError, QatuneError
 
 
@@ -186,8 +186,8 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
     import torch
 
     from qatune.artifacts import load_trained_model
-    from qatune.data.readers import load_qa_examples
     from qatune.tasks.extractive_qa.features import build_features
+    from qatune.tasks.extractive_qa.squad import load_qa_examples
 
     log = log or (lambda msg: print(f"qatune: {msg}", flush=True))
     chosen = parse_backends(backends)
@@ -331,7 +331,7 @@ def write_result(result: dict[str, Any], output: str | os.PathLike) -> Path:
                 writer.writeheader()
                 writer.writerows(result["rows"])
         elif path.suffix.lower() == ".json":
-            path.write_text(json.dumps(result, indent=1))
+            write_json(path, result)
         else:
             raise ConfigError(f"--output {path}: use a .json or .csv file name")
     except OSError as exc:

@@ -39,13 +39,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from qatune.artifacts import RUN_CONFIG, read_run_config, write_json
+from qatune.core.batching import pad_windows
 from qatune.errors import ConfigError, ModelError, OutputError, QatuneError
 from qatune.inference.onnx_runner import (
     EXPORT_FILE,
     MODEL_FILE,
     OnnxRunner,
     import_onnxruntime,
-    pad_batch,
     read_export_info,
 )
 
@@ -84,7 +84,7 @@ class Reference:
 
 def parity_examples(run_cfg: dict[str, Any], samples: int = 8, data: str | None = None) -> tuple[list[Any], str]:
     """The first ``samples`` questions of ``data``, else of the run's eval data, else of the bundled sample."""
-    from qatune.data.readers import load_qa_examples
+    from qatune.tasks.extractive_qa.squad import load_qa_examples
 
     sample = Path(__file__).resolve().parents[1] / "resources" / "sample" / "dev.json"
     candidates = [c for c in (data, run_cfg.get("eval")) if c] + [str(sample)]
@@ -256,7 +256,7 @@ def _trace(model: Any, ref: Reference, path: Path, opset: int, input_names: list
 
     wrapper = QASpanModel(model).eval()
     indices = list(range(min(2, len(ref.features))))
-    feeds = pad_batch(ref.features, indices, pad_token_id, input_names)
+    feeds = pad_windows(ref.features, indices, pad_token_id, input_names=input_names)
     args = tuple(torch.from_numpy(feeds[name]) for name in input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, *OUTPUT_NAMES]}
     kwargs: dict[str, Any] = {"input_names": input_names, "output_names": list(OUTPUT_NAMES),
@@ -282,15 +282,15 @@ def _optimize(raw: Path, out: Path, config: Any) -> dict[str, int]:
 
 def _calibration_feeds(source: str, samples: int, tokenizer: Any, run_cfg: dict[str, Any],
                        input_names: list[str], pad_token_id: int) -> list[dict[str, np.ndarray]]:
-    from qatune.data.readers import load_qa_examples
     from qatune.tasks.extractive_qa.features import build_features
+    from qatune.tasks.extractive_qa.squad import load_qa_examples
 
     examples, _ = load_qa_examples(source, max_samples=samples)
     if not examples:
         raise ConfigError(f"calibration data {source} has no questions")
     features = build_features(examples, tokenizer, int(run_cfg.get("max_seq_length", 384)),
                               int(run_cfg.get("doc_stride", 128)), training=False, use_cache=False, progress=False)
-    return [pad_batch(features, [i], pad_token_id, input_names, multiple=1) for i in range(len(features))]
+    return [pad_windows(features, [i], pad_token_id, multiple=1, input_names=input_names) for i in range(len(features))]
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from qatune.core.batching import Windows, inference_batches, pad_windows
 from qatune.errors import ConfigError, ModelError
-from qatune.tasks.extractive_qa.features import QAFeatures, inference_batches
 
 MODEL_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
@@ -107,25 +107,6 @@ def _provider_options(name: str, precision: str, quantization: str) -> dict[str,
     }
 
 
-def pad_batch(features: QAFeatures, indices: Sequence[int], pad_token_id: int, input_names: Sequence[str],
-              multiple: int = 8) -> dict[str, np.ndarray]:
-    """numpy int64 feeds for the windows ``indices``, padded to their longest (rounded up to ``multiple``)."""
-    longest = max(len(features.input_ids[i]) for i in indices)
-    width = -(-longest // multiple) * multiple
-    n = len(indices)
-    ids = np.full((n, width), pad_token_id, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.int64)
-    types = np.zeros((n, width), dtype=np.int64)
-    for row, i in enumerate(indices):
-        length = len(features.input_ids[i])
-        ids[row, :length] = features.input_ids[i]
-        mask[row, :length] = 1
-        if features.token_type_ids is not None:
-            types[row, :length] = features.token_type_ids[i]
-    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return {name: arrays[name] for name in input_names}
-
-
 class OnnxRunner:
     """Start/end logits from an ONNX model: length-sorted batches, dynamic padding, unpadded float32 out."""
 
@@ -158,7 +139,7 @@ class OnnxRunner:
     def active_providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def __call__(self, features: QAFeatures, batch_size: int, progress: bool = False
+    def __call__(self, features: Windows, batch_size: int, progress: bool = False
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         from tqdm.auto import tqdm
 
@@ -168,7 +149,7 @@ class OnnxRunner:
         on_cpu = self.active_providers[0] == "CPUExecutionProvider"
         batches = inference_batches(lengths, batch_size, on_cpu)
         for indices in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
-            feeds = pad_batch(features, indices, self.pad_token_id, self.input_names)
+            feeds = pad_windows(features, indices, self.pad_token_id, input_names=self.input_names)
             start, end = self.session.run(["start_logits", "end_logits"], feeds)
             start = np.asarray(start, dtype=np.float32)
             end = np.asarray(end, dtype=np.float32)
@@ -199,7 +180,7 @@ def load_onnx_export(path: str | os.PathLike, device: str = "auto", precision: s
     """``(runner, tokenizer, run_config)`` for an export dir. ``precision`` only matters for TensorRT
     (fp32 turns its fp16 mode off); the export's own precision (fp32/int8/fp16) is fixed."""
     from qatune.artifacts import read_run_config
-    from qatune.models import load_tokenizer
+    from qatune.backends.hf.models import load_tokenizer
 
     path = Path(path)
     run_cfg = read_run_config(path)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from qatune.errors import ConfigError
 
 
 @dataclass
 class Method:
-    """A fine-tuning method.
+    """A fine-tuning method: what it is, not how a backend applies it (``Backend.apply_method`` does,
+    e.g. :mod:`qatune.backends.hf.peft_methods` with PEFT).
 
-    ``build(model, options, task_type)`` returns the model to train (a PEFT model, or the model itself for
-    full fine-tuning). ``defaults`` are the documented per-method hyperparameters; ``learning_rate`` is the
+    ``defaults`` are the documented per-method hyperparameters; ``learning_rate`` is the
     default when the user gives none. ``mergeable``: adapter weights can be folded into the base weights
     for inference/export.
     """
@@ -22,7 +22,6 @@ class Method:
     name: str
     description: str
     learning_rate: float
-    build: Callable[[Any, dict[str, Any], str], Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     mergeable: bool = True
     virtual_tokens: bool = False  # prepends virtual tokens (prefix/prompt methods)

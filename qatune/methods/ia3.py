@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from qatune.methods.base import Method, registry
-
-
-def _build(model: Any, options: dict[str, Any], task_type: str) -> Any:
-    import peft
-
-    opts = dict(options)
-    config = peft.IA3Config(
-        task_type=task_type,
-        target_modules=opts.pop("target_modules", None),
-        feedforward_modules=opts.pop("feedforward_modules", None),
-        **opts,
-    )
-    return peft.get_peft_model(model, config)
-
 
 registry.register(Method(
     name="ia3",
@@ -26,6 +10,5 @@ registry.register(Method(
     # scales start at 1.0 and need large steps: 3e-2 gave F1 51.8 vs 14.0 at 3e-3 on MiniLM, 2,000 SQuAD
     # questions x 2 epochs (docs/results/compare-squad-followup)
     learning_rate=3e-2,
-    build=_build,
     defaults={"target_modules": None, "feedforward_modules": None},
 ))

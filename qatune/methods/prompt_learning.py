@@ -1,33 +1,18 @@
 """Virtual-token methods: prefix tuning, P-tuning (prompt encoder) and prompt tuning, plus a PEFT passthrough.
 
 Prompt and P-tuning prepend virtual tokens to the input, so the model returns logits for
-``num_virtual_tokens + seq_len`` positions; :func:`qatune.tasks.extractive_qa.modeling.span_logits` strips them so
+``num_virtual_tokens + seq_len`` positions; the task's forward pass (e.g. ``QASpanModel``) strips them so
 labels, logits and offset mappings stay aligned. Prefix tuning adds keys/values only (no extra positions).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from qatune.errors import ConfigError
 from qatune.methods.base import Method, registry
-
-
-def _prompt_method(config_cls_name: str):
-    def build(model: Any, options: dict[str, Any], task_type: str) -> Any:
-        import peft
-
-        config_cls = getattr(peft, config_cls_name)
-        return peft.get_peft_model(model, config_cls(task_type=task_type, **options))
-
-    return build
-
 
 registry.register(Method(
     name="prefix",
     description="prefix tuning (trainable key/value prefixes in every layer)",
     learning_rate=1e-2,
-    build=_prompt_method("PrefixTuningConfig"),
     defaults={"num_virtual_tokens": 20, "prefix_projection": False},
     mergeable=False,
     virtual_tokens=True,
@@ -37,7 +22,6 @@ registry.register(Method(
     name="ptuning",
     description="P-tuning: virtual tokens produced by a prompt encoder (MLP)",
     learning_rate=1e-2,
-    build=_prompt_method("PromptEncoderConfig"),
     defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128},
     mergeable=False,
     virtual_tokens=True,
@@ -47,35 +31,16 @@ registry.register(Method(
     name="prompt",
     description="prompt tuning (trainable virtual-token embeddings)",
     learning_rate=3e-2,
-    build=_prompt_method("PromptTuningConfig"),
     defaults={"num_virtual_tokens": 20},
     mergeable=False,
     virtual_tokens=True,
 ))
 
 
-def _passthrough(model: Any, options: dict[str, Any], task_type: str) -> Any:
-    """Any PEFT config by class name: ``peft: {peft_type: AdaLoraConfig, r: 8, ...}`` in YAML."""
-    import peft
-
-    opts = dict(options)
-    name = opts.pop("peft_type", None)
-    config_cls = getattr(peft, str(name), None) if name else None
-    if config_cls is None:
-        raise ConfigError(f"method 'peft' needs peft_type: the name of a PEFT config class, got {name!r} "
-                          "(e.g. AdaLoraConfig, VeraConfig, BOFTConfig)")
-    try:
-        config = config_cls(task_type=task_type, **opts)
-    except TypeError as exc:
-        raise ConfigError(f"method 'peft' ({name}): {exc}") from None
-    return peft.get_peft_model(model, config)
-
-
 registry.register(Method(
     name="peft",
     description="any other PEFT config, passed through from YAML (peft_type + its arguments)",
     learning_rate=5e-4,
-    build=_passthrough,
     defaults={},
     mergeable=False,
 ))

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from qatune.core.jsonio import write_json
 from qatune.errors import ConfigError
 
 PREPARE_INFO = "prepare.json"  # in the data artifact: what was prepared (counts, SQuAD version, settings)
@@ -93,7 +94,7 @@ def compare_plan(config: str | os.PathLike, methods: str | None = None, override
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str))
+    write_json(path, data, default=str)
 
 
 def prepare_data(shared: dict[str, Any], train: str, eval: str | None, out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -102,10 +103,10 @@ def prepare_data(shared: dict[str, Any], train: str, eval: str | None, out_dir: 
     The features are built from the JSON files just written (not from the source), so the training
     step, which reads those files, computes the same cache key and finds them in ``features/``.
     """
+    from qatune.backends.hf.models import load_tokenizer
     from qatune.config import config_from_dict
-    from qatune.data.readers import examples_to_squad_json
-    from qatune.models import load_tokenizer
     from qatune.tasks import get_task
+    from qatune.tasks.extractive_qa.squad import examples_to_squad_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

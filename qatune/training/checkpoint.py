@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from qatune.core.rng import rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -54,9 +54,7 @@ def save_checkpoint(output_dir: Path, model: torch.nn.Module, optimizer: Any, sc
         weights = {k: v.contiguous() for k, v in trainable_state_dict(model).items()}
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   tmp / "rng.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
         # written last: its presence marks the folder complete
         (tmp / _STATE).write_text(json.dumps(asdict(state), indent=1))
     except BaseException:
@@ -114,12 +112,7 @@ def load_checkpoint(output_dir: Path, model: torch.nn.Module, optimizer: Any, sc
     optim = torch.load(folder / "optim.pt", weights_only=False)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    rng = torch.load(folder / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
     return TrainerState(**json.loads((folder / _STATE).read_text()))
 
 

@@ -23,10 +23,11 @@ import torch
 
 from qatune import runtime
 from qatune.artifacts import RUN_CONFIG, ensure_writable_dir, write_json
+from qatune.backends.hf.models import load_model_for_task, load_tokenizer, resolve_model
 from qatune.config import TrainConfig, config_to_dict, load_config, save_config
+from qatune.core.rng import rng_state, set_rng_state
 from qatune.errors import ConfigError, QatuneError
 from qatune.methods import registry
-from qatune.models import load_model_for_task, load_tokenizer, resolve_model
 from qatune.tasks import get_task
 from qatune.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -383,16 +384,11 @@ def _wrap_ddp(span_model: torch.nn.Module, task: Any, features: Any, tokenizer: 
                find_unused_parameters=find_unused, **no_buffer_sync)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
 def _save_checkpoint_all_ranks(out: Path, span_model: torch.nn.Module, optimizer: Any, scheduler: Any,
                                state: TrainerState) -> None:
     """Collective: rank 0 writes the checkpoint (weights are identical on every rank) plus every rank's RNG
     state (dropout streams differ per rank), then all ranks wait until it is complete."""
-    rngs = runtime.gather_objects(_rng_state()) if runtime.distributed() else None
+    rngs = runtime.gather_objects(rng_state()) if runtime.distributed() else None
     if runtime.is_main_process():
         folder = save_checkpoint(out, span_model, optimizer, scheduler, state)
         if rngs is not None:
@@ -410,12 +406,7 @@ def _restore_rank_rng(out: Path) -> None:
         _log(f"checkpoint written by {len(states)} processes, resuming with {runtime.world_size()}: the global "
              "batch (batch_size x processes) changes, so the run continues from its epoch/step but not identically")
         return
-    rng = states[runtime.rank()]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
+    set_rng_state(states[runtime.rank()])
 
 
 def _save_run(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: TrainerState, last_eval: Any,

@@ -11,17 +11,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from qatune.core.batching import (  # noqa: F401 - re-exported: the QA task's batching API
+    CPU_MIN_FILL,
+    inference_batches,
+    length_grouped_batches,
+    pad_windows,
+    sorted_batches,
+)
 from qatune.tasks.extractive_qa.types import QAExample
 
 FEATURES_VERSION = 1
 MAX_QUERY_TOKENS = 64  # as in the original BERT SQuAD code: longer questions are clipped
-# On CPU an inference batch is cut where a window is shorter than this share of the batch's longest
-# (inference_batches): at most ~10% of the computed tokens are padding.
-CPU_MIN_FILL = 0.9
 
 
 @dataclass
@@ -232,71 +236,10 @@ def collate(features: QAFeatures, indices: Sequence[int], pad_token_id: int, pad
     """Pad a batch to its longest window (rounded up to a multiple of 8 for tensor-core friendly shapes)."""
     import torch
 
-    longest = max(len(features.input_ids[i]) for i in indices)
-    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    n = len(indices)
-    ids = np.full((n, width), pad_token_id, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.int64)
-    types = np.zeros((n, width), dtype=np.int64) if features.token_type_ids is not None else None
-    for row, i in enumerate(indices):
-        length = len(features.input_ids[i])
-        ids[row, :length] = features.input_ids[i]
-        mask[row, :length] = 1
-        if types is not None:
-            types[row, :length] = features.token_type_ids[i]
-    batch: dict[str, Any] = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-    if types is not None:
-        batch["token_type_ids"] = torch.from_numpy(types)
+    arrays = pad_windows(features, indices, pad_token_id, pad_to_multiple_of)
+    batch: dict[str, Any] = {name: torch.from_numpy(array) for name, array in arrays.items()}
     if with_labels:
         idx = np.asarray(indices)
         batch["start_positions"] = torch.from_numpy(features.start_positions[idx])
         batch["end_positions"] = torch.from_numpy(features.end_positions[idx])
     return batch
-
-
-def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, group: bool = True,
-                           megabatch_factor: int = 50) -> list[list[int]]:
-    """Shuffled batches of similar-length windows (less padding), in a seeded, reproducible order.
-
-    Indices are shuffled, cut into mega-batches of ``megabatch_factor * batch_size``, each sorted by
-    length and cut into batches; the batch order is then shuffled so long and short batches mix.
-    """
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(lengths))
-    if not group:
-        return [order[i: i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    mega = batch_size * megabatch_factor
-    batches: list[list[int]] = []
-    for lo in range(0, len(order), mega):
-        block = order[lo: lo + mega]
-        block = block[np.argsort(-lengths[block], kind="stable")]
-        batches.extend(block[i: i + batch_size].tolist() for i in range(0, len(block), batch_size))
-    perm = rng.permutation(len(batches))
-    return [batches[i] for i in perm]
-
-
-def sorted_batches(lengths: np.ndarray, batch_size: int, min_fill: float = 0.0) -> Iterator[list[int]]:
-    """Evaluation batches sorted by length: the least padding, order does not matter for inference.
-
-    ``min_fill`` > 0 also starts a new batch when a window is shorter than ``min_fill`` times the batch's
-    longest one, which bounds the padding any batch computes. A few hundred sorted windows hardly ever
-    trip it; a server's micro-batch of a dozen random questions (100 to 384 tokens) otherwise pads every
-    window to the longest and spends up to twice the compute on padding. On a CPU, where the cost of a
-    forward pass follows its padded tokens and a batch-1 pass is nearly as efficient, that is pure loss.
-    """
-    order = np.argsort(-lengths, kind="stable")
-    batch: list[int] = []
-    for i in order.tolist():  # longest first, so batch[0] is the batch's longest window
-        if batch and (len(batch) >= batch_size or lengths[i] < min_fill * lengths[batch[0]]):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
-
-
-def inference_batches(lengths: np.ndarray, batch_size: int, on_cpu: bool) -> list[list[int]]:
-    """The batches every runner (PyTorch, ONNX Runtime) computes: sorted by length, and on a CPU, whose
-    cost follows padded tokens, with padding bounded by ``CPU_MIN_FILL`` (GPUs pad cheaply and prefer
-    fewer, larger launches)."""
-    return list(sorted_batches(lengths, batch_size, CPU_MIN_FILL if on_cpu else 0.0))

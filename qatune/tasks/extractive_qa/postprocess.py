@@ -8,6 +8,7 @@ candidate scoring is one numpy expression over a (windows x n x n) block instead
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -141,3 +142,14 @@ def final_answers(examples: Sequence[QAExample], decoded: Sequence[Decoded], ver
         else:
             predictions[ex.id] = d.best.text if d.best else ""
     return predictions, na_probs
+
+
+def no_answer_probability(gap: float, threshold: float) -> float:
+    """``sigmoid(gap - threshold)``: above 0.5 means "no answer" (gap = null score - best span score).
+
+    The one definition behind ``na_probs.json`` and the ``score`` of a no-answer prediction; a gap that
+    is not finite (no span at all) is certain no-answer.
+    """
+    if not math.isfinite(gap):
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-max(min(gap - threshold, 60.0), -60.0)))

@@ -1,22 +1,23 @@
-"""Extractive QA as a qatune task: data, features, loss and evaluation in one place.
+"""Extractive QA as a qatune task: the full :class:`qatune.tasks.base.Task` contract in one place.
 
-The trainer is task-agnostic; it asks the task for batches, a loss and an evaluation. A new task
-(sequence classification, generative QA) implements the same methods and registers itself.
+The trainer, evaluation, inference loader, server, exporter and compare are task-agnostic; they ask the
+task for options, data, batches, a loss, an evaluation, a predictor and a report. A new task
+(sequence classification, generative QA) implements the same contract and registers itself.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
+from qatune.tasks.base import EvalResult, ExportSignature, ModelSpec, ReportColumn, ReportSpec
 from qatune.tasks.extractive_qa.features import QAFeatures, build_features, collate, length_grouped_batches
-from qatune.tasks.extractive_qa.modeling import QASpanModel, span_loss
-from qatune.tasks.extractive_qa.postprocess import decode, final_answers
-from qatune.tasks.extractive_qa.types import QAExample
+from qatune.tasks.extractive_qa.options import QAOptions, resolve_options
+from qatune.tasks.extractive_qa.postprocess import decode, final_answers, no_answer_probability
+from qatune.tasks.extractive_qa.types import LoadReport, QAExample
 
 
 @dataclass
@@ -28,10 +29,6 @@ class QAEvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(min(x, 60.0), -60.0)))
-
-
 def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], version_2: bool,
                       null_threshold: float | None) -> QAEvalResult:
     """Official EM/F1 for the decoded answers; for v2, tune the no-answer threshold unless one is given.
@@ -39,7 +36,7 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
     ``na_probs`` written for v2 are ``sigmoid(score_gap - threshold)``: above 0.5 means "no answer", and
     the official script run on predictions.json + na_probs.json reproduces metrics.json exactly.
     """
-    from qatune.data.readers import examples_to_squad_json
+    from qatune.tasks.extractive_qa.squad import examples_to_squad_json
     from qatune.tasks.extractive_qa.squad_metrics import squad_v1_evaluate, squad_v2_evaluate
 
     dataset = examples_to_squad_json(list(examples), "2.0" if version_2 else "1.1")["data"]
@@ -60,7 +57,7 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
         if gaps and best.get("best_f1", 0.0) <= no_answer_share + 1e-9:
             null_threshold = min(gaps.values()) - 1.0
     predictions, _ = final_answers(examples, decoded, version_2=True, null_threshold=null_threshold)
-    na_probs = {qid: _sigmoid(gap - null_threshold) for qid, gap in gaps.items()}
+    na_probs = {qid: no_answer_probability(gap, null_threshold) for qid, gap in gaps.items()}
     metrics = dict(squad_v2_evaluate(dataset, predictions, na_probs=na_probs))
     metrics["exact_match"] = metrics["exact"]
     metrics["null_threshold"] = null_threshold
@@ -69,22 +66,71 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
                         null_threshold=null_threshold)
 
 
+def eval_result(result: QAEvalResult, version_2: bool) -> EvalResult:
+    """The generic result: metrics, the official prediction files, the threshold the run keeps."""
+    files: dict[str, Any] = {"predictions.json": result.predictions}
+    if version_2:
+        files["na_probs.json"] = result.na_probs
+    return EvalResult(metrics=result.metrics, files=files, record={"null_threshold": result.null_threshold})
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1f}"
+
+
 class ExtractiveQATask:
     name = "extractive_qa"
-    auto_class = "AutoModelForQuestionAnswering"
-    peft_task_type = "QUESTION_ANS"
+    section = "qa"
+    options_type = QAOptions
+    model = ModelSpec(head="question_answering", needs_offsets=True)
+    export_signature = ExportSignature(inputs=("input_ids", "attention_mask", "token_type_ids"),
+                                       outputs=("start_logits", "end_logits"))
+    run_files = ("predictions.json", "na_probs.json")
+    report = ReportSpec(
+        columns=(ReportColumn("exact_match", "EM (%)", _pct), ReportColumn("f1", "F1 (%)", _pct)),
+        primary="f1",
+        optional=(ReportColumn("HasAns_f1", "HasAns F1 (%)", _pct), ReportColumn("NoAns_f1", "NoAns F1 (%)", _pct)),
+    )
+    request_fields = {"question": "the question (non-empty string)",
+                      "context": "the text that holds the answer (non-empty string, any length)"}
 
-    def load(self, source: str, max_samples: int | None, split: str | None = None):
-        from qatune.data.readers import load_qa_examples
+    # -- options and data -----------------------------------------------------------------------------
+    def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> QAOptions:
+        return resolve_options(options, int(context.get("max_seq_length", 384)))
+
+    def read(self, source: str, max_samples: int | None, split: str | None = None
+             ) -> tuple[list[QAExample], LoadReport]:
+        from qatune.tasks.extractive_qa.squad import load_qa_examples
 
         return load_qa_examples(source, max_samples=max_samples, split=split)
 
-    def features(self, examples: Sequence[QAExample], tokenizer: Any, cfg: Any, progress: bool = True
-                 ) -> QAFeatures:
-        return build_features(examples, tokenizer, cfg.max_seq_length, cfg.doc_stride, training=True,
-                              cache_dir=cfg.cache_dir, progress=progress)
+    load = read  # the name before the Task contract
 
-    def wrap(self, model: Any) -> QASpanModel:
+    def prepare(self, options: QAOptions, train_report: Any, eval_report: Any) -> QAOptions:
+        """SQuAD v2 (no-answer) when the config says so, else when the data has unanswerable questions."""
+        import dataclasses
+
+        if options.version_2 is not None:
+            return options
+        report = eval_report or train_report
+        return dataclasses.replace(options, version_2=bool(report is not None and report.version == "2.0"))
+
+    def record(self, options: QAOptions) -> dict[str, Any]:
+        return {"version_2_model": bool(options.version_2), "null_threshold": options.null_threshold}
+
+    # -- training ------------------------------------------------------------------------------------
+    def features(self, examples: Sequence[QAExample], tokenizer: Any, options: Any, max_seq_length: int | None = None,
+                 training: bool = True, cache_dir: str | None = None, progress: bool = True,
+                 use_cache: bool = True) -> QAFeatures:
+        """Windows with labels (``training``: also for the eval loss), cached on disk unless ``use_cache`` is off."""
+        if max_seq_length is None:  # the call before the Task contract: features(examples, tokenizer, cfg)
+            max_seq_length, cache_dir = options.max_seq_length, options.cache_dir
+        return build_features(examples, tokenizer, max_seq_length, options.doc_stride, training=training,
+                              cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+
+    def wrap(self, model: Any) -> Any:
+        from qatune.tasks.extractive_qa.modeling import QASpanModel
+
         return QASpanModel(model)
 
     def train_batches(self, features: QAFeatures, batch_size: int, seed: int, group: bool) -> list[list[int]]:
@@ -93,24 +139,50 @@ class ExtractiveQATask:
     def collate(self, features: QAFeatures, indices: Sequence[int], tokenizer: Any) -> dict[str, Any]:
         return collate(features, indices, tokenizer.pad_token_id, with_labels=True)
 
-    def loss(self, span_model: QASpanModel, batch: dict[str, Any]) -> Any:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    def loss(self, span_model: Any, batch: dict[str, Any]) -> Any:
+        from qatune.tasks.extractive_qa.modeling import INPUT_KEYS, span_loss
+
+        inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
         start, end = span_model(**inputs)
         return span_loss(start, end, batch["start_positions"], batch["end_positions"])
 
-    def evaluate(self, span_model: QASpanModel, tokenizer: Any, examples: Sequence[QAExample],
-                 features: QAFeatures, *, version_2: bool, batch_size: int, device: Any, precision: str,
-                 n_best: int = 20, max_answer_length: int = 30, null_threshold: float | None = None,
-                 progress: bool = True) -> QAEvalResult:
+    def evaluate(self, span_model: Any, tokenizer: Any, examples: Sequence[QAExample], features: QAFeatures,
+                 options: QAOptions, *, batch_size: int, device: Any, precision: str, progress: bool = True
+                 ) -> EvalResult:
         from qatune.tasks.extractive_qa.inference import predict_logits
 
         t0 = time.perf_counter()
         starts, ends, loss = predict_logits(span_model, features, tokenizer.pad_token_id, batch_size, device,
                                             precision, progress=progress, with_loss=True)
-        decoded = decode(examples, features, starts, ends, n_best=n_best, max_answer_length=max_answer_length)
-        result = score_predictions(examples, decoded, version_2, null_threshold)
+        decoded = decode(examples, features, starts, ends, n_best=options.n_best,
+                         max_answer_length=options.max_answer_length)
+        result = score_predictions(examples, decoded, bool(options.version_2), options.null_threshold)
         if loss is not None:
             result.metrics["eval_loss"] = loss
         result.metrics["eval_questions"] = len(examples)
         result.metrics["eval_time_s"] = round(time.perf_counter() - t0, 3)
-        return result
+        return eval_result(result, bool(options.version_2))
+
+    # -- inference -----------------------------------------------------------------------------------
+    def run_windows(self, span_model: Any, features: QAFeatures, pad_token_id: int, batch_size: int, device: Any,
+                    precision: str, progress: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        from qatune.tasks.extractive_qa.inference import predict_logits
+
+        starts, ends, _ = predict_logits(span_model, features, pad_token_id, batch_size, device, precision,
+                                         progress=progress)
+        return starts, ends
+
+    def predictor(self, runner: Any, tokenizer: Any, run_config: dict[str, Any], **options: Any) -> Any:
+        from qatune.tasks.extractive_qa.predictor import QAPipeline
+
+        return QAPipeline(runner, tokenizer, run_config, **options)
+
+    def parse_request(self, payload: Any, where: str) -> tuple[str, str]:
+        from qatune.tasks.extractive_qa.predictor import parse_request
+
+        return parse_request(payload, where)
+
+    def format_response(self, prediction: Any) -> Any:
+        if isinstance(prediction, list):
+            return [p.to_dict() for p in prediction]
+        return prediction.to_dict()

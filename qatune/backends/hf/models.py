@@ -52,7 +52,7 @@ def _load_error(name: str, exc: Exception) -> ModelError:
     )
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(name: str, trust_remote_code: bool = False, needs_offsets: bool = True) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_model(name)
@@ -60,8 +60,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - many transformers/hub error types; all mean "cannot load"
         raise _load_error(path, exc) from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelError(f"model '{name}' has no fast tokenizer; extractive QA needs offset mappings")
+    if needs_offsets and not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"model '{name}' has no fast tokenizer; this task needs its offset mappings")
     return tokenizer
 
 

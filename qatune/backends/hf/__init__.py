@@ -1,0 +1,124 @@
+"""The Hugging Face backend: transformers models (``AutoModelFor<head>``) adapted with PEFT.
+
+A full fine-tuning run is a standard Hugging Face model dir, a PEFT run a standard PEFT adapter dir;
+both load with plain transformers / PEFT too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qatune.errors import ConfigError, ModelError
+
+# task head kind -> (transformers auto class, PEFT task type)
+HEADS: dict[str, tuple[str, str]] = {
+    "question_answering": ("AutoModelForQuestionAnswering", "QUESTION_ANS"),
+    "sequence_classification": ("AutoModelForSequenceClassification", "SEQ_CLS"),
+    "token_classification": ("AutoModelForTokenClassification", "TOKEN_CLS"),
+    "causal_lm": ("AutoModelForCausalLM", "CAUSAL_LM"),
+}
+
+
+@dataclass
+class HFOptions:
+    """The ``hf:`` config section."""
+
+    trust_remote_code: bool = False  # run a model repo's own Python code (off unless you set it)
+
+
+class HFBackend:
+    name = "hf"
+    options_type = HFOptions
+    run_files = ("config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors",
+                 "README.md", "generation_config.json")
+
+    @staticmethod
+    def _head(spec: Any) -> tuple[str, str]:
+        if spec.head not in HEADS:
+            raise ConfigError(f"the hf backend has no '{spec.head}' head; heads: {', '.join(HEADS)}")
+        return HEADS[spec.head]
+
+    def resolve_model(self, name: str) -> str:
+        from qatune.backends.hf.models import resolve_model
+
+        return resolve_model(name)
+
+    def known_model(self, name: str) -> bool:
+        from qatune.backends.hf.models import ALIASES
+
+        return name in ALIASES or bool(name and Path(name).expanduser().exists())
+
+    def load_tokenizer(self, name: str, spec: Any, options: Any = None) -> Any:
+        from qatune.backends.hf.models import load_tokenizer
+
+        trust = bool(getattr(options, "trust_remote_code", False))
+        return load_tokenizer(name, trust, needs_offsets=spec.needs_offsets)
+
+    def load_base(self, name: str, spec: Any, options: Any = None, attention_dropout: float | None = None) -> Any:
+        from qatune.backends.hf.models import load_model_for_task
+
+        auto_class, _ = self._head(spec)
+        return load_model_for_task(name, auto_class, attention_dropout=attention_dropout,
+                                   trust_remote_code=bool(getattr(options, "trust_remote_code", False)),
+                                   **dict(spec.head_options))
+
+    def apply_method(self, model: Any, method: Any, method_options: dict[str, Any], spec: Any) -> Any:
+        from qatune.backends.hf.peft_methods import BUILDERS
+
+        if method.name not in BUILDERS:
+            raise ConfigError(f"method '{method.name}' is not available on the hf backend; "
+                              f"available: {', '.join(BUILDERS)}")
+        _, task_type = self._head(spec)
+        return BUILDERS[method.name](model, method_options, task_type)
+
+    def save_run(self, model: Any, tokenizer: Any, out: Path) -> None:
+        model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+
+    def base_model_of(self, run_cfg: dict[str, Any]) -> str:
+        """The run's base model: its ``model`` (alias, hub id or a path valid from here), else the absolute
+        ``base_model_path`` recorded at training time (a relative ``--model`` path from another directory)."""
+        name = str(run_cfg.get("model") or "")
+        saved = run_cfg.get("base_model_path")
+        if self.known_model(name):
+            return name
+        if saved and Path(str(saved)).expanduser().exists():
+            return str(saved)
+        if not name:
+            raise ModelError("the run's qatune.yaml names no base model ('model'); retrain into a new --output")
+        return name
+
+    def load_run(self, run_dir: Path, run_config: dict[str, Any], spec: Any, method: Any, merge: bool = True,
+                 attention_dropout: float | None = 0.0) -> tuple[Any, Any]:
+        from qatune.backends.hf.models import load_model_for_task, load_tokenizer
+
+        path = Path(run_dir)
+        auto_class, _ = self._head(spec)
+        tokenizer = load_tokenizer(str(path), needs_offsets=spec.needs_offsets)
+        if not method.is_peft:
+            model = load_model_for_task(str(path), auto_class, attention_dropout=attention_dropout)
+        else:
+            from peft import PeftModel
+
+            base_name = self.base_model_of(run_config)
+            base = load_model_for_task(base_name, auto_class, attention_dropout=attention_dropout,
+                                       **dict(spec.head_options))
+            try:
+                model = PeftModel.from_pretrained(base, str(path))
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"adapter in {path} could not be loaded onto base model '{base_name}': {exc}"
+                                 ) from None
+            if merge and method.mergeable:
+                model = model.merge_and_unload()
+        model.eval()
+        return model, tokenizer
+
+    def merge(self, model: Any) -> Any:
+        if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):
+            try:  # a PEFT type qatune does not mark mergeable (the 'peft' passthrough) may still merge
+                return model.merge_and_unload()
+            except Exception:  # noqa: BLE001 - not mergeable: the adapter ops stay as they are
+                return model
+        return model

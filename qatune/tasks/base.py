@@ -1,0 +1,163 @@
+"""The task contract: everything the shared loop, evaluation, inference, serving, export and compare
+need to know about a task, and nothing about any backend.
+
+A task owns: its options section in the config (``qa:`` for extractive QA), reading and validating its
+data (through :mod:`qatune.data.readers`), features / collate / loss, evaluation (``EvalResult``), the
+predictor ``qatune.load`` returns and its request/response schema for ``predict`` / ``serve``, the
+input/output names an export carries, and the columns and plots it adds to a compare report.
+
+Tasks never import a backend: the loop and the inference loader hand them a backend-built model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation produced: ``metrics`` (metrics.json) and ``files`` (file name -> JSON data written
+    beside it, e.g. ``predictions.json``); ``record`` holds values a run keeps in its ``qatune.yaml`` for
+    inference (e.g. a tuned decision threshold)."""
+
+    metrics: dict[str, Any]
+    files: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a backend must build for the task: a ``head`` kind (``question_answering``,
+    ``sequence_classification``, ...) with its options (e.g. ``num_labels``), and whether the tokenizer
+    must return character offsets."""
+
+    head: str
+    head_options: dict[str, Any] = field(default_factory=dict)
+    needs_offsets: bool = False
+
+
+@dataclass(frozen=True)
+class ExportSignature:
+    """Input and output tensor names of the task's forward pass, as an exported graph carries them."""
+
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    outputs: tuple[str, ...] = ("logits",)
+
+
+@dataclass(frozen=True)
+class ReportColumn:
+    """A metric column the task adds to a compare report: metrics key, header with units, format."""
+
+    key: str
+    header: str
+    fmt: Callable[[Any], str] = str
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The task's part of a compare report: metric columns, the metric the runs are ranked and plotted
+    by, and extra columns shown only when some run has a value for them."""
+
+    columns: tuple[ReportColumn, ...]
+    primary: str
+    optional: tuple[ReportColumn, ...] = ()
+
+
+class DataReport(Protocol):
+    """What reading data did (counts, repairs, drops), shown to the user."""
+
+    def summary(self) -> str: ...
+
+
+# A runner computes the task's outputs per window (unpadded, float32): one list per output name. The
+# PyTorch runner and the ONNX Runtime runner both fit, so a predictor does not care which one it gets.
+Outputs = tuple[list[np.ndarray], ...]
+
+
+class Runner(Protocol):
+    def __call__(self, features: Any, batch_size: int, progress: bool = False) -> Outputs: ...
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``qatune.load`` returns: predictions for new inputs, and evaluation on labelled examples."""
+
+    task: "Task"
+    run_config: dict[str, Any]
+
+    def predict_batch(self, items: Sequence[Any], batch_size: int = 32, progress: bool = False) -> list[Any]: ...
+
+    def evaluate(self, examples: Sequence[Any], batch_size: int = 64, progress: bool = False,
+                 **options: Any) -> EvalResult: ...
+
+    @property
+    def info(self) -> dict[str, Any]: ...
+
+
+class Task(Protocol):
+    """The contract every task implements; see :mod:`qatune.tasks.extractive_qa` for the full example."""
+
+    name: str
+    section: str  # YAML section of its options
+    options_type: type  # a dataclass: option names, types and defaults of the section
+    model: ModelSpec
+    export_signature: ExportSignature
+    run_files: tuple[str, ...]  # files its evaluation writes into a run directory
+    report: ReportSpec
+    request_fields: dict[str, str]  # predict/serve request fields -> description
+
+    # -- options and data ---------------------------------------------------------------------------
+    def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> Any:
+        """Validated options object from the section's dict (``context``: generic keys such as
+        ``max_seq_length`` the options depend on). Raises ConfigError naming the key."""
+
+    def read(self, source: str, max_samples: int | None, split: str | None = None) -> tuple[list[Any], DataReport]:
+        """Examples from ``source`` (any format :mod:`qatune.data.readers` reads), validated and repaired."""
+
+    def prepare(self, options: Any, train_report: DataReport | None, eval_report: DataReport | None) -> Any:
+        """Options with data-dependent values resolved (e.g. SQuAD v2 detected from the data)."""
+
+    def record(self, options: Any) -> dict[str, Any]:
+        """Values a trained run keeps in ``qatune.yaml`` beside the config for inference."""
+
+    # -- training ----------------------------------------------------------------------------------
+    def features(self, examples: Sequence[Any], tokenizer: Any, options: Any, max_seq_length: int,
+                 training: bool, cache_dir: str | None = None, progress: bool = False) -> Any: ...
+
+    def wrap(self, model: Any) -> Any:
+        """An ``nn.Module`` around the backend's model whose forward returns the task's outputs."""
+
+    def train_batches(self, features: Any, batch_size: int, seed: int, group: bool) -> list[list[int]]: ...
+
+    def collate(self, features: Any, indices: Sequence[int], tokenizer: Any) -> dict[str, Any]: ...
+
+    def loss(self, module: Any, batch: dict[str, Any]) -> Any: ...
+
+    def evaluate(self, module: Any, tokenizer: Any, examples: Sequence[Any], features: Any, options: Any, *,
+                 batch_size: int, device: Any, precision: str, progress: bool = False) -> EvalResult: ...
+
+    # -- inference --------------------------------------------------------------------------------
+    def run_windows(self, module: Any, features: Any, pad_token_id: int, batch_size: int, device: Any,
+                    precision: str, progress: bool = False) -> Outputs:
+        """The PyTorch runner's work: the wrapped model over every window, no autograd."""
+
+    def predictor(self, runner: Runner, tokenizer: Any, run_config: dict[str, Any], **options: Any) -> Predictor: ...
+
+    def parse_request(self, payload: Any, where: str) -> Any:
+        """One predict/serve request item (a JSON object) -> the predictor's input; DataError naming ``where``."""
+
+    def format_response(self, prediction: Any) -> Any:
+        """A prediction as JSON-able data for predict/serve."""
+
+
+def options_from_run(task: Task, run_config: dict[str, Any]) -> Any:
+    """The task's options as a run recorded them: its section, else (runs written before sections
+    existed) the same keys at the top level, else the defaults."""
+    names = {f.name for f in dataclasses.fields(task.options_type)}
+    section = run_config.get(task.section)
+    values = dict(section) if isinstance(section, dict) else {k: run_config[k] for k in names if k in run_config}
+    return task.options_type(**{k: v for k, v in values.items() if k in names})

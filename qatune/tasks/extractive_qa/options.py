@@ -1,0 +1,62 @@
+"""The ``qa:`` config section: windowing over long contexts, answer decoding, SQuAD v2 no-answer.
+
+These keys were top-level before sections existed; ``doc_stride: 64`` and ``--doc-stride 64`` still
+work and land here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qatune.errors import ConfigError
+
+# special tokens a question/context pair adds: 3 for BERT ([CLS] q [SEP] c [SEP]), 4 for RoBERTa
+_PAIR_SPECIAL_TOKENS = 4
+_DEFAULT_STRIDE = 128
+
+
+@dataclass
+class QAOptions:
+    doc_stride: int = _DEFAULT_STRIDE  # not given and max_seq_length too short for it: see auto_doc_stride
+    n_best: int = 20
+    max_answer_length: int = 30
+    null_threshold: float | None = None  # SQuAD v2: None tunes it on the eval set
+    version_2: bool | None = None  # None: detect from the data
+
+
+def max_doc_stride(max_seq_length: int) -> int:
+    """Largest stride a window can have: besides the overlap it needs the special tokens, at least one
+    question token and one new context token (the tokenizer aborts with a Rust panic otherwise)."""
+    return max_seq_length - _PAIR_SPECIAL_TOKENS - 2
+
+
+def auto_doc_stride(max_seq_length: Any, default: int = _DEFAULT_STRIDE) -> Any:
+    """The documented default (128) where it leaves room for a full 64-token question, else a quarter of
+    the window (128 -> 32), so ``max_seq_length=128`` alone just works."""
+    from qatune.tasks.extractive_qa.features import MAX_QUERY_TOKENS
+
+    if not isinstance(max_seq_length, int) or default + MAX_QUERY_TOKENS + _PAIR_SPECIAL_TOKENS < max_seq_length:
+        return default
+    return max(0, min(default, max_seq_length // 4, max_doc_stride(max_seq_length)))
+
+
+def resolve_options(values: dict[str, Any], max_seq_length: int) -> QAOptions:
+    """Checked options; ``doc_stride`` not given follows ``max_seq_length`` (see :func:`auto_doc_stride`)."""
+    values = dict(values)
+    if "doc_stride" not in values:
+        values["doc_stride"] = auto_doc_stride(max_seq_length)
+    options = QAOptions(**values)
+    for name in ("n_best", "max_answer_length"):
+        if getattr(options, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(options, name)}")
+    limit = max_doc_stride(max_seq_length)
+    if limit < 0:
+        raise ConfigError(f"max_seq_length must be at least {_PAIR_SPECIAL_TOKENS + 2} (special tokens, question "
+                          f"and context), got {max_seq_length}")
+    if not 0 <= options.doc_stride <= limit:
+        raise ConfigError(f"doc_stride must be in [0, {limit}] for max_seq_length={max_seq_length} (each "
+                          f"window needs special tokens, the question and new context beyond the overlap), got "
+                          f"{options.doc_stride}; lower doc_stride (e.g. doc_stride={max_seq_length // 4}) or "
+                          "raise max_seq_length")
+    return options
