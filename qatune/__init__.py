@@ -1,10 +1,11 @@
-"""qatune: fine-tune transformer models for question answering, compare methods, ship fast models.
+"""qatune: fine-tune transformer models for question answering (and any registered task), compare
+methods, ship fast models.
 
 Public API (kept small on purpose)::
 
     qatune.train(config)                      # -> TrainResult (writes a run directory)
     qatune.evaluate(run_dir, data, ...)       # -> metrics dict (writes predictions/metrics)
-    qatune.load(run_dir).answer(question, context)
+    qatune.load(run_dir).answer(question, context)   # the run's task predictor (QA: answer / answer_batch)
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ def train(config: Any, progress: bool = True) -> Any:
 
 
 def evaluate(run_dir: str, data: str, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate a trained run on SQuAD-format data; see :func:`qatune.evaluation.evaluate.evaluate_run`."""
+    """Evaluate a trained run on labelled data of its task; see :func:`qatune.evaluation.evaluate.evaluate_run`."""
     from qatune.evaluation.evaluate import evaluate_run
 
     return evaluate_run(run_dir, data, **kwargs)
 
 
 def load(path: str, **kwargs: Any) -> Any:
-    """Load a run directory (adapter, full model or exported ONNX) as a ready QA pipeline."""
-    from qatune.tasks.extractive_qa.predictor import load_pipeline
+    """Load a run directory (adapter, full model or exported ONNX) as its task's ready predictor."""
+    from qatune.inference.loader import load_predictor
 
-    return load_pipeline(path, **kwargs)
+    return load_predictor(path, **kwargs)

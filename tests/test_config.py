@@ -265,12 +265,14 @@ def test_lora_last4_means_layers_4() -> None:
 
 
 def test_lora_last1_adapts_only_the_last_layer(tiny_model_dir: Path) -> None:
+    from qatune.backends import get_backend
     from qatune.backends.hf.models import load_model_for_task
+    from qatune.tasks import get_task
 
     method, _ = registry.resolve("lora-last1")
     options = registry.options("lora-last1", {"target_modules": ["query", "value"]})
-    model = method.build(load_model_for_task(str(tiny_model_dir), "AutoModelForQuestionAnswering"), options,
-                         "QUESTION_ANS")
+    model = get_backend("hf").apply_method(load_model_for_task(str(tiny_model_dir), "AutoModelForQuestionAnswering"),
+                                           method, options, get_task("extractive_qa").model)
     lora_layers = {name.split("layer.")[1].split(".")[0] for name, _ in model.named_parameters() if "lora_" in name}
     assert lora_layers == {"1"}  # the tiny model has layers 0 and 1
 

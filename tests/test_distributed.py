@@ -202,19 +202,21 @@ def process_group(tmp_path: Path):
 
 
 def span_model_and_features(model_dir: Path, method: str):
-    from qatune.backends.hf.models import load_model_for_task, load_tokenizer
+    from qatune.backends import get_backend
     from qatune.config import config_from_dict
     from qatune.methods import registry
     from qatune.tasks import get_task
 
     task = get_task("extractive_qa")
+    backend = get_backend("hf")
     cfg = config_from_dict({"model": str(model_dir), "method": method, "max_seq_length": 128, "doc_stride": 32})
-    tokenizer = load_tokenizer(cfg.model)
-    examples, _ = task.load(str(SAMPLE / "train.json"), 4)
-    features = task.features(examples, tokenizer, cfg, progress=False)
+    tokenizer = backend.load_tokenizer(cfg.model, task.model)
+    examples, _ = task.read(str(SAMPLE / "train.json"), 4)
+    features = task.features(examples, tokenizer, cfg.task_config(), cfg.max_seq_length, training=True,
+                             cache_dir=cfg.cache_dir, progress=False)
     spec, _ = registry.resolve(method)
-    model = spec.build(load_model_for_task(cfg.model, task.auto_class), registry.options(method, {}),
-                       task.peft_task_type)
+    model = backend.apply_method(backend.load_base(cfg.model, task.model), spec, registry.options(method, {}),
+                                 task.model)
     return task, task.wrap(model), features, tokenizer
 
 

@@ -13,8 +13,10 @@ import torch
 from conftest import SAMPLE
 
 import qatune
+from qatune.backends import get_backend
 from qatune.errors import ConfigError
 from qatune.methods import registry
+from qatune.tasks import get_task
 from qatune.tasks.extractive_qa import load_qa_examples
 from qatune.tasks.extractive_qa.features import QAFeatures, collate, tokenize_examples
 from qatune.tasks.extractive_qa.modeling import QASpanModel, span_loss
@@ -66,7 +68,8 @@ def base_model(tiny_model_dir: Path):
 def build(method: str, tiny_model_dir: Path, options: dict[str, Any] | None = None, seed: int = 0):
     torch.manual_seed(seed)
     m, _ = registry.resolve(method)
-    return m.build(base_model(tiny_model_dir), registry.options(method, options), "QUESTION_ANS")
+    return get_backend("hf").apply_method(base_model(tiny_model_dir), m, registry.options(method, options),
+                                          get_task("extractive_qa").model)
 
 
 def train_config(tiny_model_dir: Path, out: Path, cache_dir: Path, method: str, **kw: Any) -> dict[str, Any]:

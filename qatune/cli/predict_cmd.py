@@ -139,7 +139,7 @@ def _record(qid: Any, result: Any, top_k: int) -> dict[str, Any]:
 def run_batch(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from qatune.tasks.extractive_qa.predictor import load_pipeline
+    from qatune.inference.loader import load_pipeline
 
     if args.question or args.context is not None or args.context_file:
         raise DataError("--input reads questions and contexts from the file; drop --question/--context/--context-file")
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return run_batch(args)
     if args.output:
         raise DataError("--output is for batch mode: give --input questions.jsonl too")
-    from qatune.tasks.extractive_qa.predictor import load_pipeline
+    from qatune.inference.loader import load_pipeline
 
     if not args.question:
         raise DataError("give --question TEXT (or --input FILE.jsonl for many questions)")

@@ -1,4 +1,5 @@
-"""``qatune score``: the official SQuAD v1.1 / v2.0 evaluation, offline, same JSON keys."""
+"""``qatune score``: a task's official evaluation of a predictions file, offline (extractive QA: the
+official SQuAD v1.1 / v2.0 scripts' metrics, same JSON keys)."""
 
 from __future__ import annotations
 
@@ -30,15 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--na-probs", default=None, help="v2: JSON {question_id: no-answer probability}")
     p.add_argument("--na-prob-thresh", type=float, default=1.0, help="v2: predict no-answer above this")
     p.add_argument("--version", choices=["1.1", "2.0"], default=None, help="default: detect from the data")
+    p.add_argument("--task", default="extractive_qa", help="the task whose metric scores (default extractive_qa)")
     add_debug(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qatune.tasks.extractive_qa.squad import load_squad_dataset_json
-    from qatune.tasks.extractive_qa.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
+    from qatune.tasks import get_task
 
-    dataset = load_squad_dataset_json(args.data)
+    task = get_task(args.task)
     preds = _read_json_map(args.predictions, "predictions")
     bad = [k for k, v in preds.items() if not isinstance(v, str)]
     if bad:
@@ -49,9 +50,6 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise DataError(f"na-probs file {args.na_probs}: value for id {bad[0]!r} is {na_probs[bad[0]]!r}, "
                             "not a number; give a no-answer probability per question id")
-    version = args.version or ("2.0" if is_squad_v2(dataset) or na_probs is not None else "1.1")
-    if version == "1.1":
-        print_json(squad_v1_evaluate(dataset, preds))
-    else:
-        print_json(squad_v2_evaluate(dataset, preds, na_probs=na_probs, na_prob_thresh=args.na_prob_thresh))
+    print_json(task.score_files(args.data, preds, na_probs=na_probs, na_prob_thresh=args.na_prob_thresh,
+                                version=args.version))
     return 0

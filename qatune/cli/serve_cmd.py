@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise ConfigError(f"qatune serve needs the 'serve' extra ({exc.name} is missing): "
                           "pip install 'qatune[serve]'") from None
+    from qatune.inference.loader import load_pipeline
     from qatune.runtime import set_threads
-    from qatune.tasks.extractive_qa.predictor import load_pipeline
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port (0-65535)")

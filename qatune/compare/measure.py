@@ -1,7 +1,7 @@
 """What a comparison measures besides accuracy: inference latency and throughput, size on disk, memory.
 
-Latency and throughput go through the public pipeline (``qatune.load(run).answer_batch``), so they are
-end to end: tokenization and windowing, the forward pass and answer decoding. Adapters that can be merged
+Latency and throughput go through the public predictor (``qatune.load(run).predict_batch``), so they are
+end to end: tokenization and windowing, the forward pass and decoding (QA: answer spans). Adapters that can be merged
 (LoRA, LoHa, IA3) are merged into the base weights first, as ``qatune.load`` does for serving; prefix and
 prompt methods keep their extra virtual tokens and pay for them here.
 """
@@ -19,14 +19,15 @@ import numpy as np
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def load_eval_pairs(source: str, limit: int) -> list[tuple[str, str]]:
-    """The first ``limit`` evaluation questions as (question, context) pairs."""
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
+def load_eval_items(source: str, limit: int, task: str | None = None) -> list[Any]:
+    """The first ``limit`` evaluation examples as the task's request items (QA: question + context)."""
+    from qatune.tasks import get_task
 
     if limit <= 0:
         return []
-    examples, _ = load_qa_examples(source, max_samples=limit, split="validation")
-    return [(ex.question, ex.context) for ex in examples]
+    spec = get_task(task)
+    examples, _ = spec.read(source, limit, split="validation")
+    return [spec.to_request(ex) for ex in examples]
 
 
 def weights_size_mb(run_dir: Path) -> float:
@@ -62,7 +63,7 @@ def _quiet_load(run_dir: Path, device: str) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def measure_run(run_dir: Path, pairs: list[tuple[str, str]], device: str = "auto", latency_questions: int = 50,
+def measure_run(run_dir: Path, pairs: list[Any], device: str = "auto", latency_questions: int = 50,
                 throughput_questions: int = 256, throughput_batch_size: int = 32, warmup: int = 3) -> dict[str, Any]:
     """Batch-1 latency p50/p95 (ms) over the first ``latency_questions`` pairs and throughput (questions/s)
     at ``throughput_batch_size`` over up to ``throughput_questions`` pairs."""
@@ -80,11 +81,11 @@ def measure_run(run_dir: Path, pairs: list[tuple[str, str]], device: str = "auto
             single = pairs[:latency_questions]
             if single:
                 for pair in single[:warmup]:
-                    pipe.answer_batch([pair], batch_size=1)
+                    pipe.predict_batch([pair], batch_size=1)
                 times = []
                 for pair in single:
                     t = time.perf_counter()
-                    pipe.answer_batch([pair], batch_size=1)
+                    pipe.predict_batch([pair], batch_size=1)
                     times.append((time.perf_counter() - t) * 1000)
                 result.update(latency_questions=len(times), latency_p50_ms=float(np.percentile(times, 50)),
                               latency_p95_ms=float(np.percentile(times, 95)),
@@ -92,9 +93,9 @@ def measure_run(run_dir: Path, pairs: list[tuple[str, str]], device: str = "auto
             many = pairs[:throughput_questions]
             if many:
                 if warmup:
-                    pipe.answer_batch(many[:throughput_batch_size], batch_size=throughput_batch_size)
+                    pipe.predict_batch(many[:throughput_batch_size], batch_size=throughput_batch_size)
                 t = time.perf_counter()
-                pipe.answer_batch(many, batch_size=throughput_batch_size)
+                pipe.predict_batch(many, batch_size=throughput_batch_size)
                 elapsed = time.perf_counter() - t
                 result.update(throughput_questions=len(many), throughput_batch_size=throughput_batch_size,
                               throughput_qps=len(many) / max(elapsed, 1e-9))

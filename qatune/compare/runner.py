@@ -422,7 +422,8 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
         if eval_pairs is None:
             n = max(spec.measure["latency_questions"], spec.measure["throughput_questions"])
             limit = spec.shared.get("max_eval_samples")
-            eval_pairs = measuring.load_eval_pairs(str(spec.shared["eval"]), min(n, limit) if limit else n)
+            eval_pairs = measuring.load_eval_items(str(spec.shared["eval"]), min(n, limit) if limit else n,
+                                                     spec.shared.get("task"))
         return eval_pairs
 
     def measure(run_dir: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``qatune evaluate``: a trained run on SQuAD-format data -> official metrics and prediction files."""
+"""``qatune evaluate``: a trained run on labelled data -> the task's metrics and prediction files."""
 
 from __future__ import annotations
 
@@ -8,35 +8,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qatune.artifacts import ensure_writable_dir, write_json
+from qatune.artifacts import ensure_writable_dir, read_run_config, write_json
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | None = None,
-                 output: str | os.PathLike | None = None, null_threshold: float | None = None,
-                 batch_size: int = 64, device: str = "auto", precision: str = "auto", progress: bool = True,
-                 split: str | None = "validation") -> dict[str, Any]:
-    """Evaluate and write ``predictions.json``, ``metrics.json`` (and ``na_probs.json`` for v2) to ``output``.
-
-    For SQuAD v2 data the no-answer threshold is tuned on this data unless ``null_threshold`` is given.
+                 output: str | os.PathLike | None = None, batch_size: int = 64, device: str = "auto",
+                 precision: str = "auto", progress: bool = True, split: str | None = "validation",
+                 **task_options: Any) -> dict[str, Any]:
+    """Evaluate and write ``metrics.json`` plus the task's files (QA: ``predictions.json``, and
+    ``na_probs.json`` for v2) to ``output``. ``task_options`` go to the task's predictor, e.g.
+    ``null_threshold`` (QA: for SQuAD v2 data the no-answer threshold is tuned on this data unless given).
     """
-    from qatune.tasks.extractive_qa.predictor import load_pipeline
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
-    from qatune.tasks.extractive_qa.task import score_predictions
+    from qatune.inference.loader import load_predictor, task_of
 
     out = ensure_writable_dir(Path(output)) if output else None
-    examples, report = load_qa_examples(data, max_samples=max_eval_samples, split=split)
+    task = task_of(read_run_config(run_dir))
+    examples, report = task.read(data, max_eval_samples, split=split)
     print(f"qatune: {report.summary()}", file=sys.stderr, flush=True)
-    pipeline = load_pipeline(run_dir, device=device, precision=precision)
+    predictor = load_predictor(run_dir, device=device, precision=precision)
     t0 = time.perf_counter()
-    decoded = pipeline.decode_examples(examples, batch_size=batch_size, progress=progress)
-    version_2 = report.version == "2.0"
-    result = score_predictions(examples, decoded, version_2, null_threshold)
+    options = {k: v for k, v in task_options.items() if v is not None}
+    result = predictor.evaluate(examples, batch_size=batch_size, progress=progress, report=report, **options)
     metrics = dict(result.metrics)
-    metrics.update({"eval_questions": len(examples), "eval_time_s": round(time.perf_counter() - t0, 3),
-                    "data": str(data), "squad_version": report.version})
+    metrics.update({"eval_time_s": round(time.perf_counter() - t0, 3), "data": str(data)})
     if out is not None:
-        write_json(out / "predictions.json", result.predictions)
+        for name, content in result.files.items():
+            if name != "metrics.json":
+                write_json(out / name, content)
         write_json(out / "metrics.json", metrics)
-        if version_2:
-            write_json(out / "na_probs.json", result.na_probs)
     return metrics

@@ -25,6 +25,7 @@ import numpy as np
 
 from qatune.core.jsonio import write_json
 from qatune.errors import ConfigError, OutputError, QatuneError
+from qatune.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,15 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("tensorrt-int8", "onnx", "int8", quantization="int8-static", provider="tensorrt,cuda", optimize=False),
 ]}
 DEFAULT_BACKENDS = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8"
-COLUMNS = ["backend", "device", "size_mb", "latency_p50_ms", "latency_p95_ms", "throughput_qps", "exact_match", "f1",
-           "f1_diff", "status"]
+def columns_for(task: Any) -> list[str]:
+    """Table columns: timings, the task's metrics (QA: exact_match, f1) and the primary metric's
+    difference to torch-fp32 (QA: f1_diff)."""
+    metrics = [c.key for c in task.report.columns]
+    return ["backend", "device", "size_mb", "latency_p50_ms", "latency_p95_ms", "throughput_qps", *metrics,
+            f"{task.report.primary}_diff", "status"]
+
+
+COLUMNS = columns_for(get_task())  # the default task's
 
 
 def parse_backends(spec: str | Sequence[str]) -> list[Backend]:
@@ -103,28 +111,17 @@ def torch_size_mb(run_dir: Path, run_cfg: dict[str, Any]) -> float:
     return round(size, 2)
 
 
-def _subset(features: Any, indices: Sequence[int]) -> Any:
-    from qatune.tasks.extractive_qa.features import QAFeatures
-
-    idx = list(indices)
-    return QAFeatures(
-        input_ids=[features.input_ids[i] for i in idx],
-        token_type_ids=[features.token_type_ids[i] for i in idx] if features.token_type_ids is not None else None,
-        offsets=[features.offsets[i] for i in idx],
-        example_index=np.zeros(len(idx), dtype=np.int64),
-    )
-
-
 def measure(runner: Callable[..., Any], examples: Sequence[Any], features: Any, run_cfg: dict[str, Any],
-            version_2: bool, latency_samples: int, batch_size: int, warmup: int = 3) -> dict[str, Any]:
-    """Latency (batch 1 = one question's windows), throughput (batch ``batch_size``) and EM/F1 of a runner."""
-    from qatune.tasks.extractive_qa.postprocess import decode
-    from qatune.tasks.extractive_qa.task import score_predictions
+            report: Any, latency_samples: int, batch_size: int, warmup: int = 3) -> dict[str, Any]:
+    """Latency (batch 1 = one example's windows), throughput (batch ``batch_size``) and the task's metrics
+    (QA: EM/F1) of a runner."""
+    from qatune.inference.loader import task_of
 
+    task = task_of(run_cfg)
     by_question: dict[int, list[int]] = {}
     for f, ex in enumerate(features.example_index.tolist()):
         by_question.setdefault(int(ex), []).append(f)
-    singles = [_subset(features, by_question[q]) for q in sorted(by_question)[:latency_samples]]
+    singles = [features.subset(by_question[q]) for q in sorted(by_question)[:latency_samples]]
     for sub in singles[: max(1, warmup)]:
         runner(sub, batch_size)
     latencies = []
@@ -132,22 +129,18 @@ def measure(runner: Callable[..., Any], examples: Sequence[Any], features: Any, 
         t0 = time.perf_counter()
         runner(sub, batch_size)
         latencies.append((time.perf_counter() - t0) * 1000)
-    warm = _subset(features, list(range(min(batch_size, len(features)))))
+    warm = features.subset(list(range(min(batch_size, len(features)))))
     runner(warm, batch_size)
     t0 = time.perf_counter()
-    starts, ends = runner(features, batch_size)
+    outputs = runner(features, batch_size)
     elapsed = time.perf_counter() - t0
-    decoded = decode(examples, features, starts, ends, n_best=int(run_cfg.get("n_best", 20)),
-                     max_answer_length=int(run_cfg.get("max_answer_length", 30)))
-    threshold = run_cfg.get("null_threshold") if version_2 else None
-    metrics = score_predictions(examples, decoded, version_2, threshold).metrics
+    metrics = task.score_outputs(examples, features, outputs, run_cfg, report).metrics
     return {
         "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
         "latency_p95_ms": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
         "latency_questions": len(latencies),
         "throughput_qps": round(len(examples) / elapsed, 2),
-        "exact_match": round(float(metrics["exact_match"]), 2),
-        "f1": round(float(metrics["f1"]), 2),
+        **{c.key: round(float(metrics[c.key]), 2) for c in task.report.columns},
     }
 
 
@@ -185,9 +178,8 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
     """
     import torch
 
-    from qatune.artifacts import load_trained_model
-    from qatune.tasks.extractive_qa.features import build_features
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
+    from qatune.export.onnx import task_features
+    from qatune.inference.loader import load_run_model, task_of
 
     log = log or (lambda msg: print(f"qatune: {msg}", flush=True))
     chosen = parse_backends(backends)
@@ -199,15 +191,14 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
     for folder in exports:
         given[_export_key(folder)] = Path(folder)
 
-    examples, report = load_qa_examples(data, max_samples=max_samples, split="validation")
+    loaded = load_run_model(run, merge=True)
+    model, tokenizer, run_cfg = loaded
+    task = task_of(run_cfg)
+    columns = columns_for(task)
+    examples, report = task.read(data, max_samples, split="validation")
     if not examples:
         raise ConfigError(f"{data} has no questions")
-    version_2 = report.version == "2.0"
-    loaded = load_trained_model(run, merge=True)
-    model, tokenizer, run_cfg = loaded
-    features = build_features(examples, tokenizer, int(run_cfg.get("max_seq_length", 384)),
-                              int(run_cfg.get("doc_stride", 128)), training=False, use_cache=False,
-                              progress=progress)
+    features = task_features(task, examples, tokenizer, run_cfg)
     log(f"bench {run} on {len(examples)} questions ({len(features)} windows) from {data}; "
         f"latency over the first {min(latency_samples, len(examples))} questions one by one, "
         f"throughput at batch {batch_size}")
@@ -227,7 +218,7 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
                 runner, row["device"], row["size_mb"] = _make_runner(backend, run, loaded, given, work, device,
                                                                      threads, log)
                 log(f"{backend.name}: measuring on {row['device']}")
-                row.update(measure(runner, examples, features, run_cfg, version_2, latency_samples, batch_size))
+                row.update(measure(runner, examples, features, run_cfg, report, latency_samples, batch_size))
                 row["status"] = "ok"
             except QatuneError as exc:
                 row["status"] = f"error: {exc}"
@@ -239,9 +230,11 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
     ref = next((r for r in rows if r["backend"] == "torch-fp32" and r.get("status") == "ok"), None)
+    primary = task.report.primary
     for row in rows:
-        row["f1_diff"] = round(row["f1"] - ref["f1"], 2) if ref and row.get("f1") is not None else None
-    rows = [{**{c: row.get(c) for c in COLUMNS}, **row} for row in rows]
+        value = row.get(primary)
+        row[f"{primary}_diff"] = round(value - ref[primary], 2) if ref and value is not None else None
+    rows = [{**{c: row.get(c) for c in columns}, **row} for row in rows]
     setup = {
         "run": str(run), "data": str(data), "questions": len(examples), "windows": len(features),
         "latency_questions": min(latency_samples, len(examples)), "batch_size": batch_size,
@@ -254,19 +247,19 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
         setup["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
-    return {"rows": rows, "setup": setup}
+    return {"rows": rows, "setup": setup, "columns": columns}
 
 
 def _make_runner(backend: Backend, run: Path, loaded: tuple[Any, Any, dict[str, Any]],
                  given: dict[tuple[str, bool], Path],
                  work: Path, device: str, threads: int | None, log: Callable[[str], None]) -> tuple[Any, str, float]:
     from qatune.export.onnx import export_onnx
+    from qatune.inference.loader import TorchRunner, task_of
     from qatune.inference.onnx_runner import MODEL_FILE, OnnxRunner
-    from qatune.tasks.extractive_qa.predictor import TorchRunner
 
     model, tokenizer, run_cfg = loaded
     if backend.engine == "torch":
-        runner = TorchRunner(model, tokenizer, device=device, precision=backend.precision)
+        runner = TorchRunner(model, tokenizer, device=device, precision=backend.precision, task=task_of(run_cfg))
         return runner, str(runner.device), torch_size_mb(run, run_cfg)
     key = (backend.quantization, backend.optimize)
     folder = given.get(key)
@@ -304,14 +297,15 @@ def _cell(value: Any) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
-    header = "| " + " | ".join(COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    columns = result.get("columns", COLUMNS)
+    header = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
     lines = [header, sep]
     for row in rows:
         cells = []
-        for c in COLUMNS:
+        for c in columns:
             v = row.get(c)
-            cells.append(f"{v:+.2f}" if c == "f1_diff" and isinstance(v, (int, float)) else _cell(v))
+            cells.append(f"{v:+.2f}" if c.endswith("_diff") and isinstance(v, (int, float)) else _cell(v))
         lines.append("| " + " | ".join(cells) + " |")
     s = result.get("setup", {})
     lines.append("")
@@ -327,7 +321,7 @@ def write_result(result: dict[str, Any], output: str | os.PathLike) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix.lower() == ".csv":
             with path.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+                writer = csv.DictWriter(fh, fieldnames=result.get("columns", COLUMNS), extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(result["rows"])
         elif path.suffix.lower() == ".json":

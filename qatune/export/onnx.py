@@ -3,17 +3,17 @@
 ``export_onnx(run_dir, output, quantize="int8")`` does, in a temporary directory beside ``output``:
 
 1. load the run with LoRA / LoHa / IA3 adapters merged into the base weights (full runs as they are),
-   switch attention to the *eager* implementation (ORT's BERT fusion recognises eager attention as
+   (by the run's backend) switch attention to the *eager* implementation (ORT's BERT fusion recognises eager attention as
    ``Attention``; an SDPA trace is left unfused and runs ~2x slower once quantized);
 2. trace it with ``torch.onnx.export`` (TorchScript exporter, opset >= 17) with dynamic ``batch`` and
    ``sequence`` axes: inputs ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the model uses
-   segments), outputs ``start_logits``, ``end_logits``;
+   segments), outputs as the task's export signature names them (QA: ``start_logits``, ``end_logits``);
 3. run ONNX Runtime's transformer optimizer (EmbedLayerNormalization, Attention, SkipLayerNormalization,
    BiasGelu fusion) and keep the optimized graph;
 4. optionally quantize: ``int8`` (dynamic, weights per tensor or ``per_channel``), ``int8-static``
    (QDQ, activation ranges calibrated on training questions) or ``fp16`` (for CUDA / TensorRT);
-5. compare with PyTorch fp32 on real questions (:func:`compare`): max |logit difference| and, for
-   reduced precision, the share of identical answers; above the tolerance the export fails with a
+5. compare with PyTorch fp32 on real examples of the task (:func:`compare`): max |logit difference|
+   and, for reduced precision, the share of identical predictions (the task's ``best_predictions``); above the tolerance the export fails with a
    :class:`ParityError` and nothing is left at ``output``;
 6. write ``model.onnx``, the tokenizer, ``qatune.yaml`` (the run's config + an ``export`` section) and
    ``export.json`` (source run, quantization, fused operators, parity numbers, size), then rename the
@@ -41,6 +41,7 @@ import numpy as np
 from qatune.artifacts import RUN_CONFIG, read_run_config, write_json
 from qatune.core.batching import pad_windows
 from qatune.errors import ConfigError, ModelError, OutputError, QatuneError
+from qatune.inference.loader import load_run_model, task_of
 from qatune.inference.onnx_runner import (
     EXPORT_FILE,
     MODEL_FILE,
@@ -58,7 +59,6 @@ DEFAULT_TOLERANCE = {"none": 1e-3, "fp16": 0.1, "int8": 3.0, "int8-static": 4.0}
 # so answer agreement is a noisy proxy; 70% over 32 questions catches a broken graph (~0%) without
 # rejecting a good quantization.
 DEFAULT_MIN_AGREEMENT = {"none": 0.0, "fp16": 0.9, "int8": 0.7, "int8-static": 0.6}
-OUTPUT_NAMES = ("start_logits", "end_logits")
 
 
 class ParityError(QatuneError):
@@ -72,27 +72,36 @@ def _log(msg: str) -> None:
 # -- parity ---------------------------------------------------------------------------------------------
 @dataclass
 class Reference:
-    """Real questions, their windows and PyTorch fp32 logits: what every exported graph is compared with."""
+    """Real examples, their windows and PyTorch fp32 outputs: what every exported graph is compared with."""
 
     examples: list[Any]
     features: Any
-    starts: list[np.ndarray]
-    ends: list[np.ndarray]
+    outputs: tuple[list[np.ndarray], ...]
     run_config: dict[str, Any]
     source: str
 
+    @property
+    def task(self) -> Any:
+        return task_of(self.run_config)
+
+
+def task_features(task: Any, examples: list[Any], tokenizer: Any, run_cfg: dict[str, Any]) -> Any:
+    """Inference windows with the run's settings (no labels, no cache)."""
+    from qatune.tasks.base import options_from_run
+
+    return task.features(examples, tokenizer, options_from_run(task, run_cfg), int(run_cfg.get("max_seq_length", 384)),
+                         training=False, use_cache=False, progress=False)
+
 
 def parity_examples(run_cfg: dict[str, Any], samples: int = 8, data: str | None = None) -> tuple[list[Any], str]:
-    """The first ``samples`` questions of ``data``, else of the run's eval data, else of the bundled sample."""
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
-
-    sample = Path(__file__).resolve().parents[1] / "resources" / "sample" / "dev.json"
-    candidates = [c for c in (data, run_cfg.get("eval")) if c] + [str(sample)]
+    """The first ``samples`` examples of ``data``, else of the run's eval data, else of the task's bundled sample."""
+    task = task_of(run_cfg)
+    candidates = [c for c in (data, run_cfg.get("eval"), task.sample_data) if c]
     for source in candidates:
         if source != data and not Path(str(source)).expanduser().exists():
             continue  # a hub dataset name: do not go online for a parity check
         try:
-            examples, _ = load_qa_examples(source, max_samples=samples)
+            examples, _ = task.read(source, samples)
         except QatuneError:
             if source == data:
                 raise
@@ -104,14 +113,13 @@ def parity_examples(run_cfg: dict[str, Any], samples: int = 8, data: str | None 
 
 def reference_outputs(model: Any, tokenizer: Any, run_cfg: dict[str, Any], samples: int = 8,
                       data: str | None = None) -> Reference:
-    from qatune.tasks.extractive_qa.features import build_features
-    from qatune.tasks.extractive_qa.predictor import TorchRunner
+    from qatune.inference.loader import TorchRunner
 
+    task = task_of(run_cfg)
     examples, source = parity_examples(run_cfg, samples, data)
-    features = build_features(examples, tokenizer, int(run_cfg.get("max_seq_length", 384)),
-                              int(run_cfg.get("doc_stride", 128)), training=False, use_cache=False, progress=False)
-    starts, ends = TorchRunner(model, tokenizer, device="cpu", precision="fp32")(features, batch_size=4)
-    return Reference(examples, features, starts, ends, run_cfg, source)
+    features = task_features(task, examples, tokenizer, run_cfg)
+    outputs = TorchRunner(model, tokenizer, device="cpu", precision="fp32", task=task)(features, batch_size=4)
+    return Reference(examples, features, tuple(outputs), run_cfg, source)
 
 
 def compare(onnx_path: str | os.PathLike, ref: Reference, quantization: str = "none",
@@ -123,27 +131,26 @@ def compare(onnx_path: str | os.PathLike, ref: Reference, quantization: str = "n
     Passes when max |logit diff| <= ``tolerance`` and the share of questions with the same best answer
     >= ``min_agreement`` (defaults per quantization: :data:`DEFAULT_TOLERANCE`, :data:`DEFAULT_MIN_AGREEMENT`).
     """
-    from qatune.tasks.extractive_qa.postprocess import decode
-
     tol = DEFAULT_TOLERANCE[quantization] if tolerance is None else float(tolerance)
     agree_min = DEFAULT_MIN_AGREEMENT[quantization] if min_agreement is None else float(min_agreement)
     precision = {"none": "fp32", "int8": "fp32", "int8-static": "int8", "fp16": "fp16"}[quantization]
     runner = OnnxRunner(onnx_path, pad_token_id=pad_token_id, providers=providers or "cpu", precision=precision,
                         quantization=quantization)
-    starts, ends = runner(ref.features, batch_size=4)
-    if any(a.shape != b.shape for a, b in zip(starts + ends, ref.starts + ref.ends, strict=True)):
+    outputs = tuple(runner(ref.features, batch_size=4))
+    ours_flat = [a for out in outputs for a in out]
+    ref_flat = [a for out in ref.outputs for a in out]
+    if len(outputs) != len(ref.outputs) or any(a.shape != b.shape for a, b in zip(ours_flat, ref_flat, strict=True)):
         raise ParityError(f"{onnx_path}: output shapes differ from PyTorch (broken dynamic axes?)")
-    diffs = [np.abs(a - b) for a, b in zip(starts + ends, ref.starts + ref.ends, strict=True)]
+    diffs = [np.abs(a - b) for a, b in zip(ours_flat, ref_flat, strict=True)]
     max_diff = float(max((d.max() for d in diffs if d.size), default=0.0))
     mean_diff = float(np.mean(np.concatenate(diffs))) if diffs else 0.0
     if not np.isfinite(max_diff):
         max_diff = float("inf")
-    argmax_same = [int(np.argmax(a) == np.argmax(b)) for a, b in zip(starts + ends, ref.starts + ref.ends, strict=True) if a.size]
-    cfg = ref.run_config
-    kwargs = {"n_best": int(cfg.get("n_best", 20)), "max_answer_length": int(cfg.get("max_answer_length", 30))}
-    ours = decode(ref.examples, ref.features, starts, ends, **kwargs)
-    theirs = decode(ref.examples, ref.features, ref.starts, ref.ends, **kwargs)
-    same = [int((a.best.text if a.best else "") == (b.best.text if b.best else "")) for a, b in zip(ours, theirs, strict=True)]
+    argmax_same = [int(np.argmax(a) == np.argmax(b)) for a, b in zip(ours_flat, ref_flat, strict=True) if a.size]
+    task = ref.task
+    ours = task.best_predictions(ref.examples, ref.features, outputs, ref.run_config)
+    theirs = task.best_predictions(ref.examples, ref.features, ref.outputs, ref.run_config)
+    same = [int(a == b) for a, b in zip(ours, theirs, strict=True)]
     report = {
         "quantization": quantization, "questions": len(ref.examples), "windows": len(ref.features),
         "data": ref.source, "max_abs_logit_diff": max_diff, "mean_abs_logit_diff": mean_diff,
@@ -172,15 +179,13 @@ def check_parity(export_dir: str | os.PathLike, run_dir: str | os.PathLike | Non
                  tolerance: float | None = None, min_agreement: float | None = None, samples: int = 8,
                  data: str | None = None, providers: str | Sequence[str] | None = None) -> dict[str, Any]:
     """Re-check an export dir (or a ``model.onnx``) against its source run; raises :class:`ParityError`."""
-    from qatune.artifacts import load_trained_model
-
     path = Path(export_dir)
     onnx_path = path if path.suffix == ".onnx" else path / MODEL_FILE
     info = read_export_info(onnx_path.parent)
     source = run_dir or info.get("source_run")
     if not source:
         raise ConfigError(f"{onnx_path.parent} has no {EXPORT_FILE} naming its source run; pass run_dir")
-    model, tokenizer, run_cfg = load_trained_model(source, merge=True)
+    model, tokenizer, run_cfg = load_run_model(source, merge=True)
     ref = reference_outputs(model, tokenizer, run_cfg, samples, data)
     return compare(onnx_path, ref, str(info.get("quantization", "none")), tolerance, min_agreement, providers,
                    pad_token_id=tokenizer.pad_token_id or 0)
@@ -243,6 +248,7 @@ def _heads_and_hidden(config: Any) -> tuple[int, int]:
 
 
 def _uses_token_types(model: Any, features: Any) -> bool:
+    """The graph takes segment ids only when the features have them and the model's forward accepts them."""
     if features.token_type_ids is None:
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -252,14 +258,14 @@ def _uses_token_types(model: Any, features: Any) -> bool:
 def _trace(model: Any, ref: Reference, path: Path, opset: int, input_names: list[str], pad_token_id: int) -> None:
     import torch
 
-    from qatune.tasks.extractive_qa.modeling import QASpanModel
-
-    wrapper = QASpanModel(model).eval()
+    task = ref.task
+    output_names = list(task.export_signature.outputs)
+    wrapper = task.wrap(model).eval()
     indices = list(range(min(2, len(ref.features))))
     feeds = pad_windows(ref.features, indices, pad_token_id, input_names=input_names)
     args = tuple(torch.from_numpy(feeds[name]) for name in input_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, *OUTPUT_NAMES]}
-    kwargs: dict[str, Any] = {"input_names": input_names, "output_names": list(OUTPUT_NAMES),
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, *output_names]}
+    kwargs: dict[str, Any] = {"input_names": input_names, "output_names": output_names,
                               "dynamic_axes": axes, "opset_version": opset, "do_constant_folding": True}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript exporter: its graphs are what ORT's BERT fusion matches
@@ -282,14 +288,11 @@ def _optimize(raw: Path, out: Path, config: Any) -> dict[str, int]:
 
 def _calibration_feeds(source: str, samples: int, tokenizer: Any, run_cfg: dict[str, Any],
                        input_names: list[str], pad_token_id: int) -> list[dict[str, np.ndarray]]:
-    from qatune.tasks.extractive_qa.features import build_features
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
-
-    examples, _ = load_qa_examples(source, max_samples=samples)
+    task = task_of(run_cfg)
+    examples, _ = task.read(source, samples)
     if not examples:
         raise ConfigError(f"calibration data {source} has no questions")
-    features = build_features(examples, tokenizer, int(run_cfg.get("max_seq_length", 384)),
-                              int(run_cfg.get("doc_stride", 128)), training=False, use_cache=False, progress=False)
+    features = task_features(task, examples, tokenizer, run_cfg)
     return [pad_windows(features, [i], pad_token_id, multiple=1, input_names=input_names) for i in range(len(features))]
 
 
@@ -428,17 +431,15 @@ def _export_into(run_path: Path, tmp: Path, run_cfg: dict[str, Any], method: Any
     import transformers
 
     from qatune import __version__
-    from qatune.artifacts import load_trained_model
+    from qatune.backends import get_backend
 
     if loaded is None:
         log(f"loading {run_path} (method {method.name}{', adapters merged' if method.is_peft else ''})")
-        loaded = load_trained_model(run_path, merge=True)
+        loaded = load_run_model(run_path, merge=True)
     model, tokenizer, _ = loaded
-    if hasattr(model, "peft_config") and hasattr(model, "merge_and_unload"):
-        try:  # a PEFT type qatune does not mark mergeable (the 'peft' passthrough) may still merge
-            model = model.merge_and_unload()
-        except Exception:  # noqa: BLE001 - not mergeable: the adapter ops are traced as they are
-            pass
+    # a PEFT type qatune does not mark mergeable (the 'peft' passthrough) may still merge; if not, the
+    # adapter ops are traced as they are
+    model = get_backend(str(run_cfg.get("backend") or "hf")).merge(model)
     model = model.float().eval()
     pad_id = tokenizer.pad_token_id or 0
     ref = reference_outputs(model, tokenizer, run_cfg, parity_samples, parity_data)
@@ -494,7 +495,7 @@ def _export_into(run_path: Path, tmp: Path, run_cfg: dict[str, Any], method: Any
         "model": run_cfg.get("model"), "quantization": quantize, "per_channel": per_channel,
         "calibration": {"data": str(calib_source), "samples": calibration_samples} if calib_source else None,
         "optimized": optimize, "fused_operators": fused, "opset": opset, "inputs": input_names,
-        "outputs": list(OUTPUT_NAMES), "dynamic_axes": ["batch", "sequence"], "attention": "eager",
+        "outputs": list(task_of(run_cfg).export_signature.outputs), "dynamic_axes": ["batch", "sequence"], "attention": "eager",
         "size_mb": _size_mb(tmp / MODEL_FILE), "parity": parity,
         "versions": {"qatune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "onnxruntime": onnxruntime.__version__},

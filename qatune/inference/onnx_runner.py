@@ -1,9 +1,9 @@
 """Running an exported ONNX model with ONNX Runtime, behind the same runner interface as PyTorch.
 
-An export directory (``model.onnx`` + tokenizer + ``qatune.yaml``) loads through ``qatune.load`` /
-``load_pipeline`` like any run: :func:`register` adds ``(is_onnx_export, load_onnx_export)`` to
-``qatune.tasks.extractive_qa.predictor.RUNNER_LOADERS``, so ``qatune predict``/``evaluate``/``serve`` run it with the
-same tokenization, windowing and answer decoding as the PyTorch model.
+An export directory (``model.onnx`` + tokenizer + ``qatune.yaml``) loads through ``qatune.load`` like
+any run (``(is_onnx_export, load_onnx_export)`` is an entry of
+``qatune.inference.loader.RUNNER_LOADERS``), so ``qatune predict``/``evaluate``/``serve`` run it with the
+same tokenization, windowing and decoding as the PyTorch model: the run's task predictor.
 
 Execution providers: ``device="auto"`` picks TensorRT > CUDA > CPU among those this onnxruntime build
 has (GPU ones only when a CUDA GPU is present); ``device="cpu"`` forces CPU; an explicit ``providers``
@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -108,7 +108,8 @@ def _provider_options(name: str, precision: str, quantization: str) -> dict[str,
 
 
 class OnnxRunner:
-    """Start/end logits from an ONNX model: length-sorted batches, dynamic padding, unpadded float32 out."""
+    """The graph's outputs per window (QA: start/end logits): length-sorted batches, dynamic padding,
+    unpadded float32 out, one list per output in the graph's output order."""
 
     def __init__(self, model_path: str | os.PathLike, pad_token_id: int = 0,
                  providers: str | Sequence[str] | None = None, device: str = "auto", precision: str = "auto",
@@ -129,6 +130,7 @@ class OnnxRunner:
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for an unreadable/invalid graph
             raise ModelError(f"ONNX Runtime could not load {self.model_path}: {exc}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
         unknown = set(self.input_names) - set(INPUT_NAMES)
         if unknown:
             raise ModelError(f"{self.model_path}: unexpected model inputs {sorted(unknown)}; "
@@ -139,25 +141,21 @@ class OnnxRunner:
     def active_providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def __call__(self, features: Windows, batch_size: int, progress: bool = False
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def __call__(self, features: Windows, batch_size: int, progress: bool = False) -> tuple[list[np.ndarray], ...]:
         from tqdm.auto import tqdm
 
-        starts: list[np.ndarray] = [np.zeros(0, np.float32)] * len(features)
-        ends: list[np.ndarray] = [np.zeros(0, np.float32)] * len(features)
+        outputs: list[list[np.ndarray]] = [[np.zeros(0, np.float32)] * len(features) for _ in self.output_names]
         lengths = features.lengths
         on_cpu = self.active_providers[0] == "CPUExecutionProvider"
         batches = inference_batches(lengths, batch_size, on_cpu)
         for indices in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
             feeds = pad_windows(features, indices, self.pad_token_id, input_names=self.input_names)
-            start, end = self.session.run(["start_logits", "end_logits"], feeds)
-            start = np.asarray(start, dtype=np.float32)
-            end = np.asarray(end, dtype=np.float32)
-            for row, i in enumerate(indices):
-                n = int(lengths[i])
-                starts[i] = start[row, :n]
-                ends[i] = end[row, :n]
-        return starts, ends
+            results = self.session.run(self.output_names, feeds)
+            for out, result in zip(outputs, results, strict=True):
+                array = np.asarray(result, dtype=np.float32)
+                for row, i in enumerate(indices):  # per-token outputs lose their padding
+                    out[i] = array[row, : int(lengths[i])]
+        return tuple(outputs)
 
 
 def is_onnx_export(path: Path) -> bool:
@@ -180,19 +178,14 @@ def load_onnx_export(path: str | os.PathLike, device: str = "auto", precision: s
     """``(runner, tokenizer, run_config)`` for an export dir. ``precision`` only matters for TensorRT
     (fp32 turns its fp16 mode off); the export's own precision (fp32/int8/fp16) is fixed."""
     from qatune.artifacts import read_run_config
-    from qatune.backends.hf.models import load_tokenizer
+    from qatune.backends import get_backend
+    from qatune.tasks import get_task
 
     path = Path(path)
     run_cfg = read_run_config(path)
-    tokenizer = load_tokenizer(str(path))
+    spec = get_task(str(run_cfg.get("task") or "extractive_qa")).model
+    tokenizer = get_backend(str(run_cfg.get("backend") or "hf")).load_tokenizer(str(path), spec)
     quantization = str(read_export_info(path).get("quantization", "none"))
     runner = OnnxRunner(path / MODEL_FILE, pad_token_id=tokenizer.pad_token_id or 0, providers=providers,
                         device=device, precision=precision, quantization=quantization, threads=threads)
     return runner, tokenizer, run_cfg
-
-
-def register(loaders: list[tuple[Callable[[Path], bool], Callable[..., Any]]]) -> None:
-    """Add the ONNX loader to a ``RUNNER_LOADERS`` list (idempotent)."""
-    entry = (is_onnx_export, load_onnx_export)
-    if entry not in loaders:
-        loaders.append(entry)

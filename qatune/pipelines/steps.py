@@ -31,12 +31,12 @@ import yaml
 from qatune.core.jsonio import write_json
 from qatune.errors import ConfigError
 
-PREPARE_INFO = "prepare.json"  # in the data artifact: what was prepared (counts, SQuAD version, settings)
+PREPARE_INFO = "prepare.json"  # in the data artifact: what was prepared (counts, the data's task options, settings)
 METHOD_INFO = "pipeline_method.json"  # in run/evaluation artifacts: which method (label) they belong to
 TRAIN_YAML = "pipeline_train.yaml"  # in the run artifact: the exact `qatune train` config used
 # plan["shared"] keys: what the prepare step needs; the same for every method of a comparison
-DATA_KEYS = ("model", "task", "max_train_samples", "max_eval_samples", "max_seq_length", "doc_stride",
-             "trust_remote_code")
+# (plus the task's and the backend's config sections, e.g. qa: and hf:)
+DATA_KEYS = ("model", "task", "backend", "max_train_samples", "max_eval_samples", "max_seq_length")
 # per-method config keys the pipeline sets itself at run time
 RUNTIME_KEYS = ("output", "train", "eval", "max_train_samples", "max_eval_samples", "cache_dir", "resume",
                 "overwrite", "run_name", "tracking_uri")
@@ -45,6 +45,13 @@ RUNTIME_KEYS = ("output", "train", "eval", "max_train_samples", "max_eval_sample
 def _labels_ok(name: str) -> str:
     safe = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     return safe or "qatune"
+
+
+def _sections(resolved: dict[str, Any]) -> tuple[str, str]:
+    """The config sections of the run's task and backend (``qa``, ``hf``)."""
+    from qatune.tasks import get_task
+
+    return get_task(resolved.get("task")).section, str(resolved.get("backend") or "hf")
 
 
 def compare_plan(config: str | os.PathLike, methods: str | None = None, overrides: list[str] | None = None,
@@ -84,7 +91,7 @@ def compare_plan(config: str | os.PathLike, methods: str | None = None, override
         "output": str(spec.output),
         "train": str(source["train"]),
         "eval": str(source["eval"]),
-        "shared": {k: resolved.get(k) for k in DATA_KEYS},
+        "shared": {k: resolved.get(k) for k in (*DATA_KEYS, *_sections(resolved))},
         "measure": dict(spec.measure),
         "methods": items,
     }
@@ -103,30 +110,37 @@ def prepare_data(shared: dict[str, Any], train: str, eval: str | None, out_dir: 
     The features are built from the JSON files just written (not from the source), so the training
     step, which reads those files, computes the same cache key and finds them in ``features/``.
     """
-    from qatune.backends.hf.models import load_tokenizer
+    import dataclasses
+
+    from qatune.backends import get_backend
     from qatune.config import config_from_dict
     from qatune.tasks import get_task
-    from qatune.tasks.extractive_qa.squad import examples_to_squad_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = config_from_dict({**{k: v for k, v in shared.items() if v is not None}, "method": "full",
                             "train": train, "cache_dir": str(out / "features")})
     task = get_task(cfg.task)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    info: dict[str, Any] = {"model": cfg.model, "max_seq_length": cfg.max_seq_length, "doc_stride": cfg.doc_stride}
+    options = cfg.task_config()
+    tokenizer = get_backend(cfg.backend).load_tokenizer(cfg.model, task.model, cfg.backend_config())
+    info: dict[str, Any] = {"model": cfg.model, "max_seq_length": cfg.max_seq_length, **cfg.task_options}
+    reports: dict[str, Any] = {}
     for name, source, limit, split in (("train", train, cfg.max_train_samples, None),
                                        ("eval", eval, cfg.max_eval_samples, "validation")):
         if not source:
             continue
-        examples, report = task.load(source, limit, split=split)
+        examples, report = task.read(source, limit, split=split)
+        reports[name] = report
         path = out / f"{name}.json"
-        _write_json(path, examples_to_squad_json(list(examples), report.version))
-        examples, _ = task.load(str(path), None, split=split)
-        features = task.features(examples, tokenizer, cfg, progress=False)
-        info.update({f"{name}_source": source, f"{name}_questions": len(examples),
-                     f"{name}_features": len(features), f"{name}_squad_version": report.version})
+        task.write_examples(list(examples), report, path)
+        examples, _ = task.read(str(path), None, split=split)
+        features = task.features(examples, tokenizer, options, cfg.max_seq_length, training=True,
+                                 cache_dir=cfg.cache_dir, progress=False)
+        info.update({f"{name}_source": source, f"{name}_questions": len(examples), f"{name}_features": len(features),
+                     **{f"{name}_{k}": v for k, v in task.data_info(report).items()}})
         print(f"qatune pipeline: {report.summary()} -> {len(features)} features", file=sys.stderr, flush=True)
+    # what the data decides (QA: SQuAD v2 or not), so every method's training step agrees
+    info["task_options"] = dataclasses.asdict(task.prepare(options, reports.get("train"), reports.get("eval")))
     _write_json(out / PREPARE_INFO, info)
     return info
 
@@ -144,8 +158,16 @@ def _method_config(item: dict[str, Any], data_dir: Path, run_dir: Path, tracking
     cfg.update(train=str(data_dir / "train.json"), eval=str(data_dir / "eval.json") if has_eval else None,
                max_train_samples=None, max_eval_samples=None, cache_dir=str(data_dir / "features"),
                output=str(run_dir), overwrite=True, resume=False, run_name=item["label"])
-    if has_eval and cfg.get("version_2") is None:
-        cfg["version_2"] = info.get("eval_squad_version") == "2.0"
+    if has_eval:  # options the user left open (None) take what the prepared data decided
+        from qatune.tasks import get_task
+
+        section = get_task(cfg.get("task")).section
+        given = {**{k: cfg.get(k) for k in info.get("task_options", {}) if k in cfg}, **(cfg.get(section) or {})}
+        decided = {k: v for k, v in info.get("task_options", {}).items() if given.get(k) is None and v is not None}
+        if decided:
+            for key in decided:
+                cfg.pop(key, None)
+            cfg[section] = {**(cfg.get(section) or {}), **decided}
     # MLflow only with a tracking server: a file store inside a step's container would be thrown away
     cfg["tracking"] = bool(tracking_uri) and bool(cfg.get("tracking", True))
     cfg["tracking_uri"] = tracking_uri or None
@@ -197,16 +219,20 @@ def evaluate_method(item: dict[str, Any], data_dir: str | os.PathLike, run_dir: 
                                device=str(cfg.get("device") or "auto"), precision=str(cfg.get("precision") or "auto"),
                                progress=False)
         status["evaluation"] = metrics
-        result.update({k: v for k, v in metrics.items() if k in ("exact_match", "f1", "HasAns_f1", "NoAns_f1")})
+        from qatune.tasks import get_task
+
+        report_spec = get_task(cfg.get("task")).report
+        keys = {c.key for c in (*report_spec.columns, *report_spec.optional)}
+        result.update({k: v for k, v in metrics.items() if k in keys})
         try:
-            from qatune.compare.measure import load_eval_pairs, measure_run
+            from qatune.compare.measure import load_eval_items, measure_run
         except ImportError:  # comparison module not installed: accuracy only
             pass
         else:
             settings = {"latency_questions": 50, "throughput_questions": 256, "throughput_batch_size": 32,
                         "warmup": 3, **{k: int(v) for k, v in (measure or {}).items()}}  # KFP passes numbers as floats
-            pairs = load_eval_pairs(str(eval_path), max(settings["latency_questions"],
-                                                        settings["throughput_questions"]))
+            pairs = load_eval_items(str(eval_path), max(settings["latency_questions"],
+                                                        settings["throughput_questions"]), cfg.get("task"))
             status["measure"] = measure_run(run, pairs, device=str(cfg.get("device") or "auto"), **settings)
             result.update({k: v for k, v in status["measure"].items()
                            if k in ("latency_p50_ms", "latency_p95_ms", "throughput_qps")})

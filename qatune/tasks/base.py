@@ -109,6 +109,7 @@ class Task(Protocol):
     run_files: tuple[str, ...]  # files its evaluation writes into a run directory
     report: ReportSpec
     request_fields: dict[str, str]  # predict/serve request fields -> description
+    sample_data: str | None  # a small bundled labelled file (export parity checks fall back to it)
 
     # -- options and data ---------------------------------------------------------------------------
     def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> Any:
@@ -118,15 +119,26 @@ class Task(Protocol):
     def read(self, source: str, max_samples: int | None, split: str | None = None) -> tuple[list[Any], DataReport]:
         """Examples from ``source`` (any format :mod:`qatune.data.readers` reads), validated and repaired."""
 
+    def write_examples(self, examples: Sequence[Any], report: DataReport, path: Any) -> None:
+        """Write examples in a format :meth:`read` reads back (pipelines cut the data once, then share it)."""
+
+    def data_info(self, report: DataReport) -> dict[str, Any]:
+        """What to record about read data (QA: the SQuAD version)."""
+
     def prepare(self, options: Any, train_report: DataReport | None, eval_report: DataReport | None) -> Any:
         """Options with data-dependent values resolved (e.g. SQuAD v2 detected from the data)."""
 
     def record(self, options: Any) -> dict[str, Any]:
         """Values a trained run keeps in ``qatune.yaml`` beside the config for inference."""
 
+    def score_files(self, data: str, predictions: dict[str, Any], **options: Any) -> dict[str, Any]:
+        """The task's official metric of a predictions file against labelled data (``qatune score``)."""
+
     # -- training ----------------------------------------------------------------------------------
     def features(self, examples: Sequence[Any], tokenizer: Any, options: Any, max_seq_length: int,
-                 training: bool, cache_dir: str | None = None, progress: bool = False) -> Any: ...
+                 training: bool, cache_dir: str | None = None, progress: bool = False, use_cache: bool = True) -> Any:
+        """Model inputs per example, as windows (``input_ids``, ``token_type_ids``, ``lengths``,
+        ``example_index``: window -> example, ``subset(indices)``); with labels when ``training``."""
 
     def wrap(self, model: Any) -> Any:
         """An ``nn.Module`` around the backend's model whose forward returns the task's outputs."""
@@ -145,10 +157,21 @@ class Task(Protocol):
                     precision: str, progress: bool = False) -> Outputs:
         """The PyTorch runner's work: the wrapped model over every window, no autograd."""
 
+    def score_outputs(self, examples: Sequence[Any], features: Any, outputs: Outputs, run_config: dict[str, Any],
+                      report: DataReport | None = None) -> EvalResult:
+        """Metrics of a runner's precomputed outputs, decoded with the run's settings (``qatune bench``)."""
+
+    def best_predictions(self, examples: Sequence[Any], features: Any, outputs: Outputs,
+                         run_config: dict[str, Any]) -> list[Any]:
+        """One comparable prediction per example: an export's parity check counts agreement on these."""
+
     def predictor(self, runner: Runner, tokenizer: Any, run_config: dict[str, Any], **options: Any) -> Predictor: ...
 
     def parse_request(self, payload: Any, where: str) -> Any:
         """One predict/serve request item (a JSON object) -> the predictor's input; DataError naming ``where``."""
+
+    def to_request(self, example: Any) -> Any:
+        """An example as a predict/serve request item (its inputs, without the label)."""
 
     def format_response(self, prediction: Any) -> Any:
         """A prediction as JSON-able data for predict/serve."""

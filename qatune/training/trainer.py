@@ -23,7 +23,7 @@ import torch
 
 from qatune import runtime
 from qatune.artifacts import RUN_CONFIG, ensure_writable_dir, write_json
-from qatune.backends.hf.models import load_model_for_task, load_tokenizer, resolve_model
+from qatune.backends import get_backend
 from qatune.config import TrainConfig, config_to_dict, load_config, save_config
 from qatune.core.rng import rng_state, set_rng_state
 from qatune.errors import ConfigError, QatuneError
@@ -83,7 +83,7 @@ def _check_output(cfg: TrainConfig, out: Path) -> None:
     """Never silently overwrite a finished run or ignore a checkpoint the user may want."""
     finished = (out / RUN_CONFIG).is_file()
     if cfg.overwrite:
-        _clear_run_files(out)
+        _clear_run_files(out, run_files(cfg))
         return
     if has_checkpoint(out):
         if cfg.resume:
@@ -95,16 +95,20 @@ def _check_output(cfg: TrainConfig, out: Path) -> None:
                           + "; choose another --output or pass --overwrite")
 
 
-# files a run writes; --overwrite removes them so no stale model/adapter/predictions mix with the new run
-RUN_FILES = ("qatune.yaml", "metrics.json", "history.json", "predictions.json", "na_probs.json", "config.json",
-             "model.safetensors", "adapter_config.json", "adapter_model.safetensors", "README.md",
-             "generation_config.json")
+# files every run writes; the task (its evaluation files) and the backend (model files) add theirs
+RUN_FILES = ("qatune.yaml", "metrics.json", "history.json")
 
 
-def _clear_run_files(out: Path) -> None:
+def run_files(cfg: TrainConfig) -> tuple[str, ...]:
+    """Files a run of ``cfg`` writes; --overwrite removes them so no stale model/adapter/predictions mix
+    with the new run."""
+    return RUN_FILES + tuple(get_task(cfg.task).run_files) + tuple(get_backend(cfg.backend).run_files)
+
+
+def _clear_run_files(out: Path, names: tuple[str, ...]) -> None:
     from qatune.training.checkpoint import remove_checkpoint
 
-    for name in RUN_FILES:
+    for name in names:
         (out / name).unlink(missing_ok=True)
     remove_checkpoint(out)
 
@@ -129,7 +133,7 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     else:
         cfg = load_config(config)
     if not cfg.train:
-        raise ConfigError("no training data: pass --train (a SQuAD-format file, folder or dataset name)")
+        raise ConfigError("no training data: pass --train (a data file, folder or dataset name)")
     runtime.set_threads(cfg.num_threads)
     seed_everything(cfg.seed)
     device = runtime.pick_device(cfg.device)
@@ -154,6 +158,9 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     _on_main_then_all(check_output)  # one error on every rank instead of ranks hanging in a collective
     precision = runtime.resolve_precision(cfg.precision, device)
     task = get_task(cfg.task)
+    backend = get_backend(cfg.backend)
+    backend_options = cfg.backend_config()
+    task_options = cfg.task_config()
     method, _ = registry.resolve(cfg.method)
     options = registry.options(cfg.method, cfg.options_for(method.name))
     lr = cfg.learning_rate if cfg.learning_rate is not None else method.learning_rate
@@ -164,22 +171,23 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     show = progress and is_main
     eval_examples, eval_report, eval_features = [], None, None
     with runtime.main_process_first():
-        tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-        train_examples, train_report = task.load(cfg.train, cfg.max_train_samples)
+        tokenizer = backend.load_tokenizer(cfg.model, task.model, backend_options)
+        train_examples, train_report = task.read(cfg.train, cfg.max_train_samples)
         _log(train_report.summary())
         if evaluating and is_main:
-            eval_examples, eval_report = task.load(cfg.eval, cfg.max_eval_samples, split="validation")
+            eval_examples, eval_report = task.read(cfg.eval, cfg.max_eval_samples, split="validation")
             _log(eval_report.summary())
-        train_features = task.features(train_examples, tokenizer, cfg, progress=show)
+        # labelled windows for evaluation too: they give the validation loss
+        train_features = task.features(train_examples, tokenizer, task_options, cfg.max_seq_length, training=True,
+                                       cache_dir=cfg.cache_dir, progress=show)
         if eval_examples:
-            eval_features = task.features(eval_examples, tokenizer, cfg, progress=show)
-        model = load_model_for_task(cfg.model, task.auto_class, attention_dropout=cfg.attention_dropout,
-                                    trust_remote_code=cfg.trust_remote_code)
-    version_2 = cfg.version_2 if cfg.version_2 is not None else (
-        (eval_report or train_report).version == "2.0")
+            eval_features = task.features(eval_examples, tokenizer, task_options, cfg.max_seq_length,
+                                          training=True, cache_dir=cfg.cache_dir, progress=show)
+        model = backend.load_base(cfg.model, task.model, backend_options, attention_dropout=cfg.attention_dropout)
+    task_options = task.prepare(task_options, train_report, eval_report)
 
     # model + method (same seed on every rank; DDP also broadcasts rank 0's weights when it wraps)
-    model = method.build(model, options, task.peft_task_type)
+    model = backend.apply_method(model, method, options, task.model)
     span_model = task.wrap(model).to(device)
     trainable, total = count_parameters(span_model)
     _log(f"method {cfg.method}: {trainable:,} trainable of {total:,} parameters "
@@ -216,9 +224,8 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     tracker.start({**config_to_dict(cfg), "learning_rate": lr, "trainable_params": trainable,
                    "total_params": total, "precision": precision, "train_features": len(train_features),
                    "world_size": world})
-    eval_kwargs = dict(version_2=version_2, batch_size=cfg.eval_batch_size, device=device, precision=precision,
-                       n_best=cfg.n_best, max_answer_length=cfg.max_answer_length,
-                       null_threshold=cfg.null_threshold, progress=show)
+    eval_kwargs = dict(batch_size=cfg.eval_batch_size, device=device, precision=precision, progress=show)
+    shown_metrics = ("eval_loss", *(c.key for c in task.report.columns))
     from tqdm.auto import tqdm
 
     def checkpoint() -> None:
@@ -280,11 +287,12 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                                       "train_time_s": round(state.train_time_s, 3),
                                       "learning_rate": scheduler.get_last_lr()[0]}
             if evaluating and is_main:  # the other ranks wait in broadcast_object below
-                last_eval = task.evaluate(span_model, tokenizer, eval_examples, eval_features, **eval_kwargs)
+                last_eval = task.evaluate(span_model, tokenizer, eval_examples, eval_features, task_options,
+                                          **eval_kwargs)
                 record.update({k: v for k, v in last_eval.metrics.items() if isinstance(v, (int, float))})
             record = runtime.broadcast_object(record)  # every rank keeps the same history
             _log("epoch {epoch}: train loss {train_loss:.4f}".format(**record) + "".join(
-                f", {k} {record[k]:.4f}" for k in ("eval_loss", "exact_match", "f1") if k in record))
+                f", {k} {record[k]:.4f}" for k in shown_metrics if k in record))
             state.history.append(record)
             tracker.log_metrics(record, step=epoch + 1)
             state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -314,8 +322,9 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
 
     if is_main:
         try:
-            metrics = _save_run(cfg, out, span_model.model, tokenizer, state, last_eval, method, lr, precision,
-                                trainable, total, len(train_examples), len(train_features), version_2)
+            record = {**task.record(task_options), **(last_eval.record if last_eval is not None else {})}
+            metrics = _save_run(cfg, out, backend, model, tokenizer, state, last_eval, method, lr, precision,
+                                trainable, total, len(train_examples), len(train_features), record)
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"})
             tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json"])
             tracker.log_artifacts([p for p in out.iterdir() if p.name.startswith(("adapter_", "model"))
@@ -409,15 +418,15 @@ def _restore_rank_rng(out: Path) -> None:
     set_rng_state(states[runtime.rank()])
 
 
-def _save_run(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: TrainerState, last_eval: Any,
-              method: Any, lr: float, precision: str, trainable: int, total: int, n_questions: int,
-              n_features: int, version_2: bool) -> dict[str, Any]:
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    null_threshold = last_eval.null_threshold if last_eval is not None else cfg.null_threshold
+def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: Any, state: TrainerState,
+              last_eval: Any, method: Any, lr: float, precision: str, trainable: int, total: int, n_questions: int,
+              n_features: int, record: dict[str, Any]) -> dict[str, Any]:
+    """The backend's model files, ``qatune.yaml`` (config + what inference needs), metrics, history and the
+    task's evaluation files."""
+    backend.save_run(model, tokenizer, out)
     save_config(cfg, out / RUN_CONFIG, extra={
-        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": resolve_model(cfg.model),
-        "version_2_model": version_2, "null_threshold": null_threshold, "precision_used": precision,
+        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": backend.resolve_model(cfg.model),
+        **record, "precision_used": precision,
     })
     metrics: dict[str, Any] = dict(last_eval.metrics) if last_eval is not None else {}
     metrics.update({
@@ -433,7 +442,6 @@ def _save_run(cfg: TrainConfig, out: Path, model: Any, tokenizer: Any, state: Tr
     write_json(out / "metrics.json", metrics)
     write_json(out / "history.json", state.history)
     if last_eval is not None:
-        write_json(out / "predictions.json", last_eval.predictions)
-        if version_2:
-            write_json(out / "na_probs.json", last_eval.na_probs)
+        for name, data in last_eval.files.items():
+            write_json(out / name, data)
     return metrics

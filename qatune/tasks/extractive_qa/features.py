@@ -42,6 +42,16 @@ class QAFeatures:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, indices: Sequence[int]) -> "QAFeatures":
+        """The windows ``indices`` (without labels): e.g. one question's windows for a latency measurement."""
+        idx = list(indices)
+        return QAFeatures(
+            input_ids=[self.input_ids[i] for i in idx],
+            token_type_ids=[self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None,
+            offsets=[self.offsets[i] for i in idx],
+            example_index=np.zeros(len(idx), dtype=np.int64),
+        )
+
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))

@@ -1,27 +1,26 @@
-"""Batched QA inference: the replacement for transformers' removed ``pipeline("question-answering")``.
+"""The QA predictor: batched QA inference, the replacement for transformers' removed
+``pipeline("question-answering")``.
 
 Windows over long contexts (any length), answers mapped back to character offsets, top-k answers with
 probabilities, SQuAD v2 no-answer with the run's threshold, bf16 where the hardware has it. Evaluation
 uses the same code, so ``qatune predict`` and ``qatune evaluate`` give the same answers.
 
-The model is reached through a *runner* (features in, start/end logits out), so an exported ONNX model
-serves through exactly the same pre- and post-processing as the PyTorch one.
+The model is reached through a *runner* (features in, start/end logits out; see
+:mod:`qatune.inference.loader`), so an exported ONNX model serves through exactly the same pre- and
+post-processing as the PyTorch one.
 """
 
 from __future__ import annotations
 
 import numbers
-import os
 import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
-
-import numpy as np
+from typing import Any, Sequence
 
 from qatune.errors import DataError
-from qatune.tasks.extractive_qa.features import QAFeatures, build_features
-from qatune.tasks.extractive_qa.postprocess import Decoded, decode
+from qatune.tasks.base import EvalResult, Runner
+from qatune.tasks.extractive_qa.features import build_features
+from qatune.tasks.extractive_qa.postprocess import Decoded, decode, no_answer_probability
 from qatune.tasks.extractive_qa.types import QAExample
 
 
@@ -37,69 +36,39 @@ class Answer:
         return asdict(self)
 
 
-class Runner(Protocol):
-    """Computes unpadded start/end logits for every window."""
-
-    def __call__(self, features: QAFeatures, batch_size: int, progress: bool = False
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
-
-
-class TorchRunner:
-    """A PyTorch model as a runner.
-
-    With bf16 and ``bf16_weights`` the weights are converted to bf16 once: autocast alone re-casts every fp32
-    weight on every call. The conversion changes ``model`` in place, so only a caller that owns the model
-    asks for it (``load_pipeline`` does); the default leaves a shared model as it is. The logits come back
-    as float32 either way.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, device: str = "auto", precision: str = "auto",
-                 bf16_weights: bool = False) -> None:
-        import torch
-
-        from qatune import runtime
-        from qatune.tasks.extractive_qa.modeling import QASpanModel
-
-        self.device = runtime.pick_device(device)
-        self.precision = runtime.resolve_precision(precision, self.device)
-        self.span_model = QASpanModel(model).to(self.device).eval()
-        if self.precision == "bf16" and bf16_weights:
-            self.span_model.to(torch.bfloat16)
-        self.pad_token_id = tokenizer.pad_token_id
-
-    def __call__(self, features: QAFeatures, batch_size: int, progress: bool = False
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        from qatune.tasks.extractive_qa.inference import predict_logits
-
-        starts, ends, _ = predict_logits(self.span_model, features, self.pad_token_id, batch_size, self.device,
-                                         self.precision, progress=progress)
-        return starts, ends
-
-
-# Loaders for run directories that are not PyTorch runs (e.g. ONNX exports): (predicate, factory).
-RUNNER_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., tuple[Runner, Any, dict[str, Any]]]]] = []
-
-
-def _register_builtin_loaders() -> None:
-    from qatune.inference.onnx_runner import register  # numpy only: onnxruntime is imported when an export loads
-
-    register(RUNNER_LOADERS)
-
-
-_register_builtin_loaders()
+def parse_request(payload: Any, where: str) -> tuple[str, str]:
+    """``{"question": ..., "context": ...}`` (or a (question, context) pair) -> the pair; DataError naming ``where``."""
+    if isinstance(payload, dict):
+        question, context = payload.get("question"), payload.get("context")
+    elif isinstance(payload, (tuple, list)) and len(payload) == 2:
+        question, context = payload
+    else:
+        raise DataError(f"{where}: expected a (question, context) pair, got {type(payload).__name__}")
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: 'question' must be a non-empty string")
+    if not isinstance(context, str) or not context.strip():
+        raise DataError(f"{where}: 'context' must be a non-empty string")
+    return question, context
 
 
 class QAPipeline:
+    """The extractive-QA predictor (what ``qatune.load`` returns for a QA run)."""
+
     def __init__(self, runner: Runner, tokenizer: Any, run_config: dict[str, Any] | None = None,
                  null_threshold: float | None = None) -> None:
+        from qatune.tasks import get_task
+        from qatune.tasks.base import options_from_run
+
         cfg = run_config or {}
+        self.task = get_task("extractive_qa")
         self.runner = runner
         self.tokenizer = tokenizer
         self.run_config = cfg
+        options = options_from_run(self.task, cfg)
         self.max_seq_length = int(cfg.get("max_seq_length", 384))
-        self.doc_stride = int(cfg.get("doc_stride", 128))
-        self.n_best = int(cfg.get("n_best", 20))
-        self.max_answer_length = int(cfg.get("max_answer_length", 30))
+        self.doc_stride = int(options.doc_stride)
+        self.n_best = int(options.n_best)
+        self.max_answer_length = int(options.max_answer_length)
         self.version_2 = bool(cfg.get("version_2_model", False))
         threshold = null_threshold if null_threshold is not None else cfg.get("null_threshold")
         self.null_threshold = float(threshold) if threshold is not None else 0.0
@@ -119,10 +88,28 @@ class QAPipeline:
     def _answers(self, decoded: Decoded, top_k: int) -> list[Answer]:
         answers = [Answer(c.text, c.probability, c.start, c.end) for c in decoded.candidates[:top_k]]
         if self.version_2 and decoded.score_diff > self.null_threshold or not answers:
-            gap = decoded.score_diff
-            prob = float(1 / (1 + np.exp(-np.clip(gap - self.null_threshold, -60, 60)))) if np.isfinite(gap) else 1.0
+            prob = no_answer_probability(decoded.score_diff, self.null_threshold)
             return [Answer("", prob, -1, -1, no_answer=True)] + answers[: top_k - 1]
         return answers
+
+    def evaluate(self, examples: Sequence[QAExample], batch_size: int = 64, progress: bool = False,
+                 report: Any = None, null_threshold: float | None = None) -> EvalResult:
+        """Official EM/F1 on labelled examples (SQuAD v2 when ``report`` says the data is v2: the no-answer
+        threshold is tuned on them unless ``null_threshold`` is given)."""
+        from qatune.tasks.extractive_qa.task import eval_result, score_predictions
+
+        decoded = self.decode_examples(examples, batch_size=batch_size, progress=progress)
+        version = getattr(report, "version", "2.0" if any(ex.is_impossible for ex in examples) else "1.1")
+        version_2 = version == "2.0"
+        result = eval_result(score_predictions(examples, decoded, version_2, null_threshold), version_2)
+        result.metrics.update({"eval_questions": len(examples), "squad_version": version})
+        return result
+
+    def predict_batch(self, items: Sequence[Any], batch_size: int = 32, progress: bool = False,
+                      top_k: int = 1) -> list[Any]:
+        """Answers for request items (``{"question", "context"}`` objects or pairs)."""
+        pairs = [parse_request(item, f"item {i}") for i, item in enumerate(items)]
+        return self.answer_batch(pairs, batch_size=batch_size, top_k=top_k, progress=progress)
 
     # -- public API ------------------------------------------------------------------------------
     def answer(self, question: str, context: str, top_k: int = 1) -> Answer | list[Answer]:
@@ -137,13 +124,9 @@ class QAPipeline:
             raise DataError(f"top_k must be an integer >= 1, got {top_k!r}")
         examples = []
         for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            if not isinstance(pair, (tuple, list)):
                 raise DataError(f"item {i}: expected a (question, context) pair, got {type(pair).__name__}")
-            question, context = pair
-            if not isinstance(question, str) or not question.strip():
-                raise DataError(f"item {i}: 'question' must be a non-empty string")
-            if not isinstance(context, str) or not context.strip():
-                raise DataError(f"item {i}: 'context' must be a non-empty string")
+            question, context = parse_request(pair, f"item {i}")
             examples.append(QAExample(id=str(i), question=question, context=context))
         if not examples:
             return []
@@ -160,18 +143,3 @@ class QAPipeline:
         cfg = self.run_config
         return {"model": cfg.get("model"), "method": cfg.get("method"), "task": cfg.get("task", "extractive_qa"),
                 "version_2": self.version_2, "null_threshold": self.null_threshold}
-
-
-def load_pipeline(path: str | os.PathLike, device: str = "auto", precision: str = "auto",
-                  null_threshold: float | None = None, merge: bool = True) -> QAPipeline:
-    """Load a run directory (PyTorch full/PEFT, or any format a RUNNER_LOADERS entry knows)."""
-    run_dir = Path(path)
-    for applies, factory in RUNNER_LOADERS:
-        if applies(run_dir):
-            runner, tokenizer, run_cfg = factory(run_dir, device=device, precision=precision)
-            return QAPipeline(runner, tokenizer, run_cfg, null_threshold)
-    from qatune.artifacts import load_trained_model
-
-    model, tokenizer, run_cfg = load_trained_model(run_dir, merge=merge)
-    runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True)  # the model is ours alone
-    return QAPipeline(runner, tokenizer, run_cfg, null_threshold)

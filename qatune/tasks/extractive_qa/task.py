@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -91,6 +92,7 @@ class ExtractiveQATask:
         primary="f1",
         optional=(ReportColumn("HasAns_f1", "HasAns F1 (%)", _pct), ReportColumn("NoAns_f1", "NoAns F1 (%)", _pct)),
     )
+    sample_data = str(Path(__file__).resolve().parents[2] / "resources" / "sample" / "dev.json")
     request_fields = {"question": "the question (non-empty string)",
                       "context": "the text that holds the answer (non-empty string, any length)"}
 
@@ -106,6 +108,16 @@ class ExtractiveQATask:
 
     load = read  # the name before the Task contract
 
+    def write_examples(self, examples: Sequence[QAExample], report: LoadReport, path: Any) -> None:
+        """SQuAD JSON (the reader reads it back to the same examples)."""
+        from qatune.core.jsonio import write_json
+        from qatune.tasks.extractive_qa.squad import examples_to_squad_json
+
+        write_json(path, examples_to_squad_json(list(examples), report.version))
+
+    def data_info(self, report: LoadReport) -> dict[str, Any]:
+        return {"squad_version": report.version}
+
     def prepare(self, options: QAOptions, train_report: Any, eval_report: Any) -> QAOptions:
         """SQuAD v2 (no-answer) when the config says so, else when the data has unanswerable questions."""
         import dataclasses
@@ -117,6 +129,19 @@ class ExtractiveQATask:
 
     def record(self, options: QAOptions) -> dict[str, Any]:
         return {"version_2_model": bool(options.version_2), "null_threshold": options.null_threshold}
+
+    def score_files(self, data: str, predictions: dict[str, Any], na_probs: dict[str, float] | None = None,
+                    na_prob_thresh: float = 1.0, version: str | None = None) -> dict[str, Any]:
+        """The official SQuAD metrics of a predictions file against the raw SQuAD JSON (``qatune score``):
+        v2.0 when the data has unanswerable questions or no-answer probabilities are given."""
+        from qatune.tasks.extractive_qa.squad import load_squad_dataset_json
+        from qatune.tasks.extractive_qa.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
+
+        dataset = load_squad_dataset_json(data)
+        version = version or ("2.0" if is_squad_v2(dataset) or na_probs is not None else "1.1")
+        if version == "1.1":
+            return dict(squad_v1_evaluate(dataset, predictions))
+        return dict(squad_v2_evaluate(dataset, predictions, na_probs=na_probs, na_prob_thresh=na_prob_thresh))
 
     # -- training ------------------------------------------------------------------------------------
     def features(self, examples: Sequence[QAExample], tokenizer: Any, options: Any, max_seq_length: int | None = None,
@@ -172,6 +197,30 @@ class ExtractiveQATask:
                                          progress=progress)
         return starts, ends
 
+    def score_outputs(self, examples: Sequence[QAExample], features: QAFeatures, outputs: Any,
+                      run_config: dict[str, Any], report: Any = None) -> EvalResult:
+        """EM/F1 of precomputed start/end logits with the run's decoding settings and threshold."""
+        from qatune.tasks.base import options_from_run
+
+        options = options_from_run(self, run_config)
+        starts, ends = outputs
+        decoded = decode(examples, features, starts, ends, n_best=options.n_best,
+                         max_answer_length=options.max_answer_length)
+        version_2 = getattr(report, "version", "1.1") == "2.0"
+        threshold = run_config.get("null_threshold") if version_2 else None
+        return eval_result(score_predictions(examples, decoded, version_2, threshold), version_2)
+
+    def best_predictions(self, examples: Sequence[QAExample], features: QAFeatures, outputs: Any,
+                         run_config: dict[str, Any]) -> list[str]:
+        """The best answer text per question: what two runners must agree on."""
+        from qatune.tasks.base import options_from_run
+
+        options = options_from_run(self, run_config)
+        starts, ends = outputs
+        decoded = decode(examples, features, starts, ends, n_best=options.n_best,
+                         max_answer_length=options.max_answer_length)
+        return [d.best.text if d.best else "" for d in decoded]
+
     def predictor(self, runner: Any, tokenizer: Any, run_config: dict[str, Any], **options: Any) -> Any:
         from qatune.tasks.extractive_qa.predictor import QAPipeline
 
@@ -181,6 +230,9 @@ class ExtractiveQATask:
         from qatune.tasks.extractive_qa.predictor import parse_request
 
         return parse_request(payload, where)
+
+    def to_request(self, example: QAExample) -> dict[str, str]:
+        return {"question": example.question, "context": example.context}
 
     def format_response(self, prediction: Any) -> Any:
         if isinstance(prediction, list):

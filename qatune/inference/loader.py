@@ -1,0 +1,97 @@
+"""Loading a run for inference: ``qatune.load(path)`` -> the run's task predictor over a runner.
+
+A *runner* computes the task's outputs per window (features in, unpadded float32 arrays out): the
+PyTorch runner below, or ONNX Runtime for an exported run (:mod:`qatune.inference.onnx_runner`). The
+predictor (the task's) does the pre- and post-processing, so a PyTorch model and its ONNX export answer
+through exactly the same code. The model comes from the run's backend, the predictor from its task;
+this module is where they meet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from qatune.artifacts import read_run_config
+from qatune.backends import get_backend
+from qatune.errors import ConfigError, ModelError
+from qatune.inference.onnx_runner import is_onnx_export, load_onnx_export
+from qatune.tasks import Task, get_task
+from qatune.tasks.base import Outputs, Predictor, Runner
+
+
+class TorchRunner:
+    """A PyTorch model (as the backend built it) as a runner, through the task's forward pass.
+
+    With bf16 and ``bf16_weights`` the weights are converted to bf16 once: autocast alone re-casts every fp32
+    weight on every call. The conversion changes ``model`` in place, so only a caller that owns the model
+    asks for it (``load_predictor`` does); the default leaves a shared model as it is. The outputs come
+    back as float32 either way.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, device: str = "auto", precision: str = "auto",
+                 bf16_weights: bool = False, task: Task | None = None) -> None:
+        import torch
+
+        from qatune import runtime
+
+        self.task = task or get_task()
+        self.device = runtime.pick_device(device)
+        self.precision = runtime.resolve_precision(precision, self.device)
+        self.span_model = self.task.wrap(model).to(self.device).eval()
+        if self.precision == "bf16" and bf16_weights:
+            self.span_model.to(torch.bfloat16)
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def __call__(self, features: Any, batch_size: int, progress: bool = False) -> Outputs:
+        return self.task.run_windows(self.span_model, features, self.pad_token_id, batch_size, self.device,
+                                     self.precision, progress=progress)
+
+
+# Loaders for run directories that are not backend runs (e.g. ONNX exports): (predicate, factory), the
+# factory returning (runner, tokenizer, run_config).
+RUNNER_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., tuple[Runner, Any, dict[str, Any]]]]] = [
+    (is_onnx_export, load_onnx_export),
+]
+
+
+def task_of(run_cfg: dict[str, Any]) -> Task:
+    return get_task(str(run_cfg.get("task") or "extractive_qa"))
+
+
+def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0
+                   ) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, tokenizer, run_config)`` from a run dir, by the run's backend; adapters merged when possible."""
+    from qatune.methods import registry
+
+    path = Path(run_dir)
+    run_cfg = read_run_config(path)
+    task = task_of(run_cfg)
+    try:
+        method = registry.get(str(run_cfg.get("method", "full")))
+        backend = get_backend(str(run_cfg.get("backend") or "hf"))
+    except ConfigError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    model, tokenizer = backend.load_run(path, run_cfg, task.model, method, merge=merge,
+                                        attention_dropout=attention_dropout)
+    return model, tokenizer, run_cfg
+
+
+def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str = "auto", merge: bool = True,
+                   **options: Any) -> Predictor:
+    """The run's task predictor (``options`` are the task's, e.g. ``null_threshold`` for QA) over a
+    PyTorch runner, or over any runner a RUNNER_LOADERS entry knows (ONNX exports)."""
+    options = {k: v for k, v in options.items() if v is not None}
+    run_dir = Path(path)
+    for applies, factory in RUNNER_LOADERS:
+        if applies(run_dir):
+            runner, tokenizer, run_cfg = factory(run_dir, device=device, precision=precision)
+            return task_of(run_cfg).predictor(runner, tokenizer, run_cfg, **options)
+    model, tokenizer, run_cfg = load_run_model(run_dir, merge=merge)
+    task = task_of(run_cfg)
+    runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True, task=task)  # the model is ours alone
+    return task.predictor(runner, tokenizer, run_cfg, **options)
+
+
+load_pipeline = load_predictor  # the name before tasks had predictors
