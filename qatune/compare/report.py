@@ -20,7 +20,7 @@ import yaml
 
 from qatune.artifacts import RUN_CONFIG, write_json
 from qatune.compare.measure import peak_memory, weights_size_mb
-from qatune.compare.runner import LOG_FILE, PLAN_FILE, STATUS_FILE, is_finished, read_json
+from qatune.compare.rundirs import LOG_FILE, PLAN_FILE, STATUS_FILE, is_finished, read_json
 from qatune.errors import OutputError
 
 REPORT_FILES = ["report.csv", "report.md", "report.json", "report.html"]

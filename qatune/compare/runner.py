@@ -26,7 +26,6 @@ unless ``force``. After each training the parent process measures inference late
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import re
@@ -41,14 +40,17 @@ from typing import Any, Callable, TextIO
 
 import yaml
 
-from qatune.artifacts import RUN_CONFIG, ensure_writable_dir, write_json
+from qatune.artifacts import ensure_writable_dir, write_json
+from qatune.compare.rundirs import (  # noqa: F401 - re-exported: the runner's file layout
+    LOG_FILE,
+    PLAN_FILE,
+    STATUS_FILE,
+    TRAIN_YAML,
+    is_finished,
+    read_json,
+)
 from qatune.config import TrainConfig, config_from_dict, config_to_dict, read_yaml_mapping
 from qatune.errors import ConfigError, QatuneError
-
-PLAN_FILE = "compare.json"  # OUTPUT/compare.json: the spec as run (order, shared settings, per-method configs)
-STATUS_FILE = "compare_status.json"  # OUTPUT/<label>/compare_status.json: status, error, wall time, measurements
-TRAIN_YAML = "compare_train.yaml"  # OUTPUT/<label>/compare_train.yaml: the generated `qatune train` config
-LOG_FILE = "train.log"  # OUTPUT/<label>/train.log: the subprocess's stdout + stderr
 
 # Keys that define the budget and the evaluation: top level only, the same for every method.
 SHARED_ONLY = {
@@ -234,18 +236,6 @@ def method_train_config(spec: CompareSpec, m: MethodSpec, tracking_uri: str | No
 
 
 # -- status files --------------------------------------------------------------------------------------
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def is_finished(run_dir: Path) -> bool:
-    """Training finished: the trainer writes metrics.json last, after the weights and qatune.yaml."""
-    return (run_dir / "metrics.json").is_file() and (run_dir / RUN_CONFIG).is_file()
-
 
 def _write_status(run_dir: Path, status: dict[str, Any]) -> None:
     ensure_writable_dir(run_dir)

@@ -96,7 +96,7 @@ class QAPipeline:
                  report: Any = None, null_threshold: float | None = None) -> EvalResult:
         """Official EM/F1 on labelled examples (SQuAD v2 when ``report`` says the data is v2: the no-answer
         threshold is tuned on them unless ``null_threshold`` is given)."""
-        from qatune.tasks.extractive_qa.task import eval_result, score_predictions
+        from qatune.tasks.extractive_qa.scoring import eval_result, score_predictions
 
         decoded = self.decode_examples(examples, batch_size=batch_size, progress=progress)
         version = getattr(report, "version", "2.0" if any(ex.is_impossible for ex in examples) else "1.1")
