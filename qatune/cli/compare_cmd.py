@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
     spec = load_compare_spec(args.config, base, methods=args.methods, overrides=overrides, force=args.force)
     rows = run_compare(spec)
     print_json({"output": str(spec.output), "report": [str(spec.output / f) for f in REPORT_FILES],
-                "methods": summary(rows)})
+                "methods": summary(rows, spec.shared.get("task"))})
     return 1 if any(r["status"] != "finished" for r in rows) else 0

@@ -2,7 +2,9 @@
 
 Writes ``report.csv`` (one row per method), ``report.md`` (tables with units), ``report.json`` (everything,
 per-epoch history included), ``report.html`` (the tables and the plots embedded as base64 PNG) and the
-plots as PNG files: ``loss_curves.png``, ``f1_vs_params.png``, ``train_time.png``, ``peak_memory.png``.
+plots as PNG files: ``loss_curves.png``, ``<metric>_vs_params.png`` (the task's primary metric, QA:
+``f1_vs_params.png``), ``train_time.png``, ``peak_memory.png``. The metric columns, their headers, the
+plotted metric and the notes that explain them come from the task (:class:`qatune.tasks.ReportSpec`).
 """
 
 from __future__ import annotations
@@ -22,18 +24,39 @@ from qatune.artifacts import RUN_CONFIG, write_json
 from qatune.compare.measure import peak_memory, weights_size_mb
 from qatune.compare.rundirs import LOG_FILE, PLAN_FILE, STATUS_FILE, is_finished, read_json
 from qatune.errors import OutputError
+from qatune.tasks import ReportSpec, get_task
 
 REPORT_FILES = ["report.csv", "report.md", "report.json", "report.html"]
-PLOTS = {  # file stem -> caption
-    "loss_curves": "Training and validation loss per epoch, per method (lower is better).",
-    "f1_vs_params": "F1 against trainable parameters (log scale): up and to the left is better.",
-    "train_time": "Training time per method (training loop only; evaluation excluded).",
-    "peak_memory": "Peak memory of each training process.",
-}
-BASE_COLUMNS = ["method", "status", "error", "exact_match", "f1", "eval_loss", "train_loss", "train_time_s",
-                "peak_memory_mb", "trainable_params", "trainable_pct", "total_params", "adapter_size_mb",
-                "latency_p50_ms", "latency_p95_ms", "throughput_qps", "learning_rate", "epochs"]
-V2_COLUMNS = ["HasAns_f1", "NoAns_f1"]  # after f1, when the eval set is SQuAD v2
+
+
+def plots_for(spec: ReportSpec) -> dict[str, str]:
+    """Plot file stem -> caption."""
+    return {
+        "loss_curves": "Training and validation loss per epoch, per method (lower is better).",
+        f"{spec.primary}_vs_params": f"{spec.primary_label} against trainable parameters (log scale): up and to the "
+                                     "left is better.",
+        "train_time": "Training time per method (training loop only; evaluation excluded).",
+        "peak_memory": "Peak memory of each training process.",
+    }
+
+
+def base_columns(spec: ReportSpec) -> list[str]:
+    """Report columns: the task's metrics after method/status/error, then cost and settings."""
+    return ["method", "status", "error", *(c.key for c in spec.columns), "eval_loss", "train_loss", "train_time_s",
+            "peak_memory_mb", "trainable_params", "trainable_pct", "total_params", "adapter_size_mb",
+            "latency_p50_ms", "latency_p95_ms", "throughput_qps", "learning_rate", "epochs"]
+
+
+def _report_spec(task: Any = None) -> ReportSpec:
+    spec = get_task(str(task) if task else None).report
+    for column in (*spec.columns, *spec.optional):  # the tables format the task's columns like the others
+        HEADERS.setdefault(column.key, (column.header, column.fmt))
+    return spec
+
+
+# the default task's (extractive QA's) plots and columns
+PLOTS = plots_for(get_task().report)
+BASE_COLUMNS = base_columns(get_task().report)
 EXTRA_COLUMNS = ["base_method", "peak_memory_source", "wall_time_s", "train_questions", "eval_questions",
                  "latency_questions", "throughput_questions", "throughput_batch_size", "precision", "run_dir"]
 # column -> (header with units, formatter) for the Markdown/HTML tables
@@ -56,10 +79,6 @@ def _small(v: float) -> str:
 HEADERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "method": ("method", str),
     "status": ("status", str),
-    "exact_match": ("EM (%)", _pct),
-    "f1": ("F1 (%)", _pct),
-    "HasAns_f1": ("HasAns F1 (%)", _pct),
-    "NoAns_f1": ("NoAns F1 (%)", _pct),
     "eval_loss": ("val loss", lambda v: f"{v:.3f}"),
     "train_loss": ("train loss (last epoch)", lambda v: f"{v:.3f}"),
     "train_time_s": ("train time (s)", lambda v: f"{v:.1f}"),
@@ -130,6 +149,8 @@ def collect(out: Path) -> dict[str, Any]:
         raise OutputError(f"{out} holds no comparison (no {PLAN_FILE} and no method run directories); "
                           "pass the --output directory of `qatune compare`")
     plan = plan or {}
+    spec = _report_spec(_task_name(out, plan, labels))
+    metric_keys = [c.key for c in (*spec.columns, *spec.optional)]
     records = []
     for label in labels:
         run_dir = out / label
@@ -160,8 +181,7 @@ def collect(out: Path) -> dict[str, Any]:
             lr = cfg.get("learning_rate") if cfg.get("learning_rate") is not None else _default_lr(method)
         row: dict[str, Any] = {
             "method": label, "status": status, "error": error,
-            "exact_match": metrics.get("exact_match"), "f1": metrics.get("f1"),
-            "HasAns_f1": metrics.get("HasAns_f1"), "NoAns_f1": metrics.get("NoAns_f1"),
+            **{key: metrics.get(key) for key in metric_keys},
             "eval_loss": metrics.get("eval_loss"), "train_loss": metrics.get("train_loss"),
             "train_time_s": metrics.get("train_time_s"), "peak_memory_mb": memory,
             "trainable_params": metrics.get("trainable_params"), "trainable_pct": metrics.get("trainable_pct"),
@@ -182,10 +202,27 @@ def collect(out: Path) -> dict[str, Any]:
         records.append({"row": row, "history": history, "hyperparameters": _hyperparameters(cfg, method),
                         "error_tail": status_file.get("error_tail") or ([error] if error else []),
                         "measure": measure, "log": str(run_dir / LOG_FILE) if (run_dir / LOG_FILE).is_file() else None})
-    version_2 = any(r["row"]["HasAns_f1"] is not None or r["row"]["NoAns_f1"] is not None for r in records)
-    columns = BASE_COLUMNS[:5] + (V2_COLUMNS if version_2 else []) + BASE_COLUMNS[5:] + EXTRA_COLUMNS
+    # optional metric columns (QA: HasAns/NoAns F1 on SQuAD v2) only when some run has them
+    shown = [c.key for c in spec.optional if any(r["row"][c.key] is not None for r in records)]
+    base = base_columns(spec)
+    n_head = 3 + len(spec.columns)
+    columns = base[:n_head] + shown + base[n_head:] + EXTRA_COLUMNS
     return {"output": str(out), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "setup": _setup(plan, records), "version_2": version_2, "columns": columns, "records": records}
+            "setup": _setup(plan, records), "version_2": bool(shown), "columns": columns, "records": records,
+            "spec": spec, "plots": plots_for(spec)}
+
+
+def _task_name(out: Path, plan: dict[str, Any], labels: list[str]) -> str | None:
+    """The compared task: the plan's, else a run's (reports rebuilt from run directories alone)."""
+    task = (plan.get("shared") or {}).get("task")
+    for label in labels if not task else []:
+        try:
+            task = (yaml.safe_load((out / label / RUN_CONFIG).read_text()) or {}).get("task")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if task:
+            break
+    return task
 
 
 def _setup(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,8 +265,9 @@ def _memory_note(rows: list[dict[str, Any]]) -> str:
 
 
 # the Results section's two tables (a 17-column table does not fit a page): quality, then cost
-QUALITY_COLUMNS = ["method", "status", "exact_match", "f1", "HasAns_f1", "NoAns_f1", "eval_loss", "train_loss",
-                   "learning_rate", "epochs"]
+def quality_columns(spec: ReportSpec) -> list[str]:
+    return ["method", "status", *(c.key for c in (*spec.columns, *spec.optional)), "eval_loss", "train_loss",
+            "learning_rate", "epochs"]
 COST_COLUMNS = ["method", "train_time_s", "peak_memory_mb", "trainable_params", "trainable_pct", "total_params",
                 "adapter_size_mb", "latency_p50_ms", "latency_p95_ms", "throughput_qps"]
 
@@ -238,11 +276,13 @@ def _epoch_count(records: list[dict[str, Any]]) -> int:
     return max((len(r["history"]) for r in records), default=0)
 
 
-def _epoch_tables(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    """(loss header, loss rows, F1 header, F1 rows) over finished methods."""
+def _epoch_tables(records: list[dict[str, Any]], spec: ReportSpec
+                  ) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """(loss header, loss rows, primary-metric header, rows) over finished methods."""
     n = _epoch_count(records)
+    primary = spec.primary
     loss_head = ["method"] + [h for e in range(1, n + 1) for h in (f"epoch {e} train loss", f"epoch {e} val loss")]
-    f1_head = ["method"] + [f"epoch {e} F1 (%)" for e in range(1, n + 1)]
+    f1_head = ["method"] + [f"epoch {e} {spec.column(primary).header}" for e in range(1, n + 1)]
     loss_rows, f1_rows = [], []
     for r in records:
         if not r["history"]:
@@ -250,7 +290,7 @@ def _epoch_tables(records: list[dict[str, Any]]) -> tuple[list[str], list[list[s
         hist = r["history"] + [{}] * (n - len(r["history"]))
         loss_rows.append([r["row"]["method"]] + [_cell("eval_loss", h.get(k)) for h in hist
                                                  for k in ("train_loss", "eval_loss")])
-        f1_rows.append([r["row"]["method"]] + [_cell("f1", h.get("f1")) for h in hist])
+        f1_rows.append([r["row"]["method"]] + [_cell(primary, h.get(primary)) for h in hist])
     return loss_head, loss_rows, f1_head, f1_rows
 
 
@@ -272,10 +312,10 @@ def _describe(report: dict[str, Any]) -> str:
 def _notes(report: dict[str, Any]) -> list[str]:
     rows = [r["row"] for r in report["records"]]
     m = report["setup"].get("measure") or {}
+    spec = report["spec"]
     return [
-        "EM/F1: SQuAD exact match and token F1 (%) on the evaluation set after the last epoch"
-        + ("; HasAns/NoAns F1 split answerable and unanswerable questions (SQuAD v2)." if report["version_2"] else "."),
-        "Losses: mean of the start- and end-position cross-entropy (nats); val loss on the evaluation set.",
+        spec.metric_note + (f"; {spec.optional_note}." if report["version_2"] and spec.optional_note else "."),
+        spec.loss_note,
         "Train time: the training loop only (seconds, evaluation and loading excluded).",
         f"Peak memory: {_memory_note(rows)} (MB = 2^20 bytes), data loading and evaluation included.",
         "Trainable params: parameters updated by the method; % of total counts the adapter in the total.",
@@ -313,23 +353,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# qatune compare: {Path(report['output']).name}", "", _describe(report), "",
              f"Generated {report['generated']}; rebuild with `qatune report {report['output']}`.", "",
              "## Results: quality", ""]
-    lines += _md_table(*_results_table(report, QUALITY_COLUMNS))
+    lines += _md_table(*_results_table(report, quality_columns(report["spec"])))
     lines += ["", "## Results: cost", ""]
     lines += _md_table(*_results_table(report, COST_COLUMNS))
     failures = _failures(report)
     if failures:
         lines += ["", "## Problems", ""]
         lines += [f"- **{label}**: {_md_escape(err)}" + (f" (log: `{log}`)" if log else "") for label, err, log in failures]
-    loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"])
+    loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"], report["spec"])
     if loss_rows:
         lines += ["", "## Loss per epoch", "", "Mean start/end cross-entropy (nats).", ""]
         lines += _md_table(loss_head, loss_rows)
         lines += ["", "## F1 per epoch", "", "SQuAD token F1 (%) on the evaluation set after each epoch.", ""]
         lines += _md_table(f1_head, f1_rows)
     lines += ["", "## How to read this", ""] + [f"- {n}" for n in _notes(report)]
-    plots = [p for p in PLOTS if (Path(report["output"]) / f"{p}.png").is_file()]
+    plots = [p for p in report["plots"] if (Path(report["output"]) / f"{p}.png").is_file()]
     if plots:
-        lines += ["", "## Plots", ""] + [f"![{PLOTS[p]}]({p}.png)" for p in plots]
+        lines += ["", "## Plots", ""] + [f"![{report['plots'][p]}]({p}.png)" for p in plots]
     return "\n".join(lines) + "\n"
 
 
@@ -362,14 +402,14 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
              f"<h1>qatune compare: {esc(Path(report['output']).name)}</h1>",
              f"<p>{esc(_describe(report)).replace('`', '')}</p>",
              f"<p>Generated {esc(report['generated'])}; rebuild with <code>qatune report {esc(report['output'])}</code>.</p>",
-             "<h2>Results: quality</h2>", _html_table(*_results_table(report, QUALITY_COLUMNS), statuses),
+             "<h2>Results: quality</h2>", _html_table(*_results_table(report, quality_columns(report["spec"])), statuses),
              "<h2>Results: cost</h2>", _html_table(*_results_table(report, COST_COLUMNS), statuses)]
     failures = _failures(report)
     if failures:
         parts.append("<h2>Problems</h2><ul>" + "".join(
             f"<li><b>{esc(label)}</b>: {esc(err)}" + (f" (log: <code>{esc(log)}</code>)" if log else "") + "</li>"
             for label, err, log in failures) + "</ul>")
-    loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"])
+    loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"], report["spec"])
     if loss_rows:
         parts += ["<h2>Loss per epoch</h2><p>Mean start/end cross-entropy (nats).</p>", _html_table(loss_head, loss_rows),
                   "<h2>F1 per epoch</h2><p>SQuAD token F1 (%) on the evaluation set after each epoch.</p>",
@@ -378,8 +418,9 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
         parts.append("<h2>Plots</h2>")
         for stem, png in images.items():
             data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure><img alt="{esc(PLOTS[stem])}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{esc(PLOTS[stem])}</figcaption></figure>")
+            caption = report["plots"][stem]
+            parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{esc(caption)}</figcaption></figure>")
     else:
         parts.append("<h2>Plots</h2><p>No finished methods to plot yet.</p>")
     parts.append("<h2>How to read this</h2><ul>" + "".join(
@@ -460,33 +501,37 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
         fig.legend(handles, labels, loc="outside right upper", title="method", fontsize=9)
         images["loss_curves"] = _png(fig)
 
-    points = [r for r in rows if isinstance(r.get("f1"), (int, float)) and (r.get("trainable_params") or 0) > 0]
+    spec = report["spec"]
+    key, label = spec.primary, spec.primary_label
+    units = spec.column(key).header[len(label):]
+    points = [r for r in rows if isinstance(r.get(key), (int, float)) and (r.get("trainable_params") or 0) > 0]
     if points:
         fig = _figure(8, 5)
         ax = fig.add_subplot()
-        ys_all = [r["f1"] for r in points]
+        ys_all = [r[key] for r in points]
         y_span = max(1.0, max(ys_all) - min(ys_all))
         placed: list[tuple[float, float]] = []  # (log10 x, y) of labels above their point
         for r in points:
-            ax.scatter(r["trainable_params"], r["f1"], s=60, color=colors[r["method"]], zorder=3)
-            here = (math.log10(r["trainable_params"]), r["f1"])
+            ax.scatter(r["trainable_params"], r[key], s=60, color=colors[r["method"]], zorder=3)
+            here = (math.log10(r["trainable_params"]), r[key])
             # a label next to another point's label (close in log x and in F1) goes below its point instead
             crowded = any(abs(here[0] - x) < 0.6 and abs(here[1] - y) < 0.06 * y_span for x, y in placed)
             if not crowded:
                 placed.append(here)
-            ax.annotate(r["method"], (r["trainable_params"], r["f1"]), textcoords="offset points",
+            ax.annotate(r["method"], (r["trainable_params"], r[key]), textcoords="offset points",
                         xytext=(6, -13) if crowded else (6, 5), fontsize=9)
         ax.set_xscale("log")
         xs = [r["trainable_params"] for r in points]
         ax.set_xlim(min(xs) / 3, max(xs) * 4)
-        ys = [r["f1"] for r in points]
+        ys = [r[key] for r in points]
         pad = max(2.0, (max(ys) - min(ys)) * 0.15)
-        ax.set_ylim(max(0.0, min(ys) - pad), min(100.0, max(ys) + pad) if max(ys) + pad > min(ys) else max(ys) + 1)
+        top = min(100.0, max(ys) + pad) if "%" in units else max(ys) + pad  # percentages stop at 100
+        ax.set_ylim(max(0.0, min(ys) - pad), top if max(ys) + pad > min(ys) else max(ys) + 1)
         ax.set_xlabel("trainable parameters (log scale)")
-        ax.set_ylabel("F1 on the evaluation set (%)")
-        ax.set_title("F1 vs trainable parameters")
+        ax.set_ylabel(f"{label} on the evaluation set{units}")
+        ax.set_title(f"{label} vs trainable parameters")
         ax.grid(alpha=0.3, which="both")
-        images["f1_vs_params"] = _png(fig)
+        images[f"{key}_vs_params"] = _png(fig)
 
     png = _bars(rows, "train_time_s", "training time (s, training loop only)", "Training time", colors,
                 lambda v: f"{v:,.1f} s")
@@ -512,7 +557,7 @@ def write_report(out: str | Path, plots: bool = True) -> list[dict[str, Any]]:
     images: dict[str, bytes] = {}
     if plots:
         images = make_plots(report)
-        for stem in PLOTS:
+        for stem in report["plots"]:
             path = out / f"{stem}.png"
             if stem in images:
                 path.write_bytes(images[stem])
@@ -538,9 +583,11 @@ def write_report(out: str | Path, plots: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Short per-method summary for the CLI's JSON output."""
-    return {r["method"]: {k: r[k] for k in ("status", "f1", "exact_match", "train_time_s", "error")
+def summary(rows: list[dict[str, Any]], task: str | None = None) -> dict[str, Any]:
+    """Short per-method summary for the CLI's JSON output: status, the task's metrics (primary first)."""
+    spec = get_task(task).report
+    metrics = [spec.primary] + [c.key for c in spec.columns if c.key != spec.primary]
+    return {r["method"]: {k: r[k] for k in ("status", *metrics, "train_time_s", "error")
                           if r.get(k) is not None} for r in rows}
 
 

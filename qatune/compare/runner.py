@@ -49,16 +49,28 @@ from qatune.compare.rundirs import (  # noqa: F401 - re-exported: the runner's f
     is_finished,
     read_json,
 )
-from qatune.config import TrainConfig, config_from_dict, config_to_dict, read_yaml_mapping
+from qatune.config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml_mapping
 from qatune.errors import ConfigError, QatuneError
 
-# Keys that define the budget and the evaluation: top level only, the same for every method.
+# Keys that define the budget and the evaluation: top level only, the same for every method. The task's
+# and the backend's sections (qa:, hf:) and their flat keys (doc_stride, ...) are too: see shared_only().
 SHARED_ONLY = {
-    "model", "task", "train", "eval", "max_train_samples", "max_eval_samples", "epochs", "seed",
-    "max_seq_length", "doc_stride", "n_best", "max_answer_length", "null_threshold", "version_2", "do_eval",
-    "precision", "device", "num_threads", "output", "resume", "overwrite", "stop_after_steps", "tracking",
-    "tracking_uri", "experiment", "run_name", "cache_dir", "trust_remote_code",
+    "model", "task", "backend", "train", "eval", "max_train_samples", "max_eval_samples", "epochs", "seed",
+    "max_seq_length", "do_eval", "precision", "device", "num_threads", "output", "resume", "overwrite",
+    "stop_after_steps", "tracking", "tracking_uri", "experiment", "run_name", "cache_dir",
 }
+
+
+def shared_only(task: str | None = None, backend: str | None = None) -> set[str]:
+    """SHARED_ONLY plus the task's and backend's sections and option names."""
+    import dataclasses
+
+    from qatune.backends import get_backend
+    from qatune.tasks import get_task
+
+    spec, engine = get_task(task), get_backend(backend)
+    names = {f.name for cls in (spec.options_type, engine.options_type) for f in dataclasses.fields(cls)}
+    return SHARED_ONLY | {spec.section, engine.name} | names
 MEASURE_DEFAULTS: dict[str, int] = {
     "latency_questions": 50,  # batch-1 latency over the first N eval questions
     "throughput_questions": 256,  # throughput over up to N eval questions ...
@@ -86,32 +98,6 @@ class CompareSpec:
 
 
 # -- spec --------------------------------------------------------------------------------------------
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
-    """``key=value`` / ``methods.lora.learning_rate=1e-3`` / ``methods.lora.lora.r=16`` (labels keep hyphens)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value "
-                              "(e.g. epochs=2 or methods.lora.learning_rate=1e-3)")
-        key, value = item.split("=", 1)
-        parts = key.strip().lstrip("-").split(".")
-        parts = [p if (i == 1 and parts[0] == "methods") else p.replace("-", "_") for i, p in enumerate(parts)]
-        node = raw
-        for part in parts[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = _parse_scalar(value)
-
 
 def _method_table(value: Any, source: str) -> dict[str, dict[str, Any]]:
     """``methods`` as a mapping (label -> settings), a list of names, or a comma-separated string."""
@@ -159,7 +145,8 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
         if value is not None:
             raw[key] = value
     raw["methods"] = _method_table(raw.get("methods"), source)
-    _apply_overrides(raw, overrides or [])
+    raw = apply_overrides(raw, overrides or [], example="epochs=2 or methods.lora.learning_rate=1e-3",
+                          verbatim_under="methods")
 
     table = _method_table(raw.pop("methods"), source)
     measure_raw = raw.pop("measure", None) or {}
@@ -201,6 +188,7 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
     if not labels:
         raise ConfigError("no methods to compare: pass --methods full,lora,... or a 'methods:' section")
     specs = []
+    only = shared_only(shared.get("task"), shared.get("backend"))
     for label in labels:
         settings = dict(table.get(label, {}))
         if not _LABEL.match(label):
@@ -209,7 +197,7 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
         method = str(settings.pop("method", label))
         for key in settings:
             norm = key.replace("-", "_")
-            if norm in SHARED_ONLY:
+            if norm in only:
                 raise ConfigError(f"methods.{label}.{key}: '{norm}' is the same for every method so they are "
                                   f"compared on one budget; set it at the top level")
         specs.append(MethodSpec(label, method, {k.replace("-", "_"): v for k, v in settings.items()}))
@@ -336,9 +324,13 @@ def progress_line(index: int, total: int, label: str, outcome: str, elapsed: flo
     return f"[{index}/{total}] {label}: {outcome} — elapsed {fmt_duration(elapsed)}{eta_text}"
 
 
-def _f1_text(metrics: dict[str, Any] | None) -> str:
-    f1 = (metrics or {}).get("f1")
-    return f" (F1 {f1:.1f})" if isinstance(f1, (int, float)) else ""
+def _metric_text(metrics: dict[str, Any] | None, task: str | None = None) -> str:
+    """`` (F1 52.6)``: the task's primary metric for a progress line."""
+    from qatune.tasks import get_task
+
+    spec = get_task(task).report
+    value = (metrics or {}).get(spec.primary)
+    return f" ({spec.primary_label} {value:.1f})" if isinstance(value, (int, float)) else ""
 
 
 # -- the comparison ------------------------------------------------------------------------------------
@@ -359,6 +351,7 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
     log = log or sys.stderr
     launch = launcher or _launch
     out = ensure_writable_dir(spec.output)
+    task = spec.shared.get("task")
 
     def say(msg: str) -> None:
         print(msg, file=log, flush=True)
@@ -462,7 +455,7 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
                 change = _config_change(run_dir, cfg_dict)
                 note = f"; its settings differ from this comparison's ({change}), --force reruns it" if change else ""
                 say(progress_line(index, len(prepared), m.label,
-                                  f"skipped, finished earlier{_f1_text(read_json(run_dir / 'metrics.json'))}{note}",
+                                  f"skipped, finished earlier{_metric_text(read_json(run_dir / 'metrics.json'), task)}{note}",
                                   time.perf_counter() - t_start, eta()))
                 continue
 
@@ -482,7 +475,8 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
             if result.returncode == 0 and is_finished(run_dir):
                 status.update(status="finished", error=None)
                 status["measure"] = measure(run_dir)
-                outcome = f"done in {fmt_duration(time.perf_counter() - t0)}{_f1_text(read_json(run_dir / 'metrics.json'))}"
+                outcome = (f"done in {fmt_duration(time.perf_counter() - t0)}"
+                           f"{_metric_text(read_json(run_dir / 'metrics.json'), task)}")
             else:
                 message = failure_message(result) if result.returncode != 0 else \
                     "the training exited without writing metrics.json"
@@ -504,17 +498,21 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
             _write_status(run_dir, status)
         say("qatune compare: interrupted; the report covers the methods finished so far "
             "(rerun the same command to continue)")
-        _finish(out, tracker, "KILLED")
+        _finish(out, tracker, "KILLED", spec.shared.get("task"))
         raise
     except BaseException:
-        _finish(out, tracker, "FAILED")
+        _finish(out, tracker, "FAILED", spec.shared.get("task"))
         raise
-    return _finish(out, tracker, "FINISHED")
+    return _finish(out, tracker, "FINISHED", spec.shared.get("task"))
 
 
-def _finish(out: Path, tracker: Any, status: str) -> list[dict[str, Any]]:
+def _finish(out: Path, tracker: Any, status: str, task: str | None = None) -> list[dict[str, Any]]:
     """Write the full report (plots too) and attach it to the parent MLflow run."""
     from qatune.compare.report import REPORT_FILES, write_report
+    from qatune.tasks import get_task
+
+    spec = get_task(task).report
+    metric_keys = [spec.primary] + [c.key for c in spec.columns if c.key != spec.primary]
 
     rows: list[dict[str, Any]] = []
     try:
@@ -525,7 +523,7 @@ def _finish(out: Path, tracker: Any, status: str) -> list[dict[str, Any]]:
     for row in rows:
         if row.get("status") == "finished":
             tracker.log_metrics({f"{row['method']}.{key}": row[key] for key in (
-                "f1", "exact_match", "train_time_s", "peak_memory_mb", "trainable_params", "adapter_size_mb",
+                *metric_keys, "train_time_s", "peak_memory_mb", "trainable_params", "adapter_size_mb",
                 "latency_p50_ms", "throughput_qps") if isinstance(row.get(key), (int, float))})
     tracker.log_artifacts([out / name for name in REPORT_FILES] + sorted(out.glob("*.png")), artifact_path="report")
     tracker.end(status)

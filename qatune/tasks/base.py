@@ -65,6 +65,17 @@ class ReportSpec:
     columns: tuple[ReportColumn, ...]
     primary: str
     optional: tuple[ReportColumn, ...] = ()
+    metric_note: str = ""  # what the metrics are, for the report's notes
+    optional_note: str = ""  # appended when optional columns are shown
+    loss_note: str = ""  # what the training/validation loss is
+
+    def column(self, key: str) -> ReportColumn:
+        return next(c for c in (*self.columns, *self.optional) if c.key == key)
+
+    @property
+    def primary_label(self) -> str:
+        """The primary metric's name without units ("F1 (%)" -> "F1")."""
+        return self.column(self.primary).header.split(" (")[0]
 
 
 class DataReport(Protocol):

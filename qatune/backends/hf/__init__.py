@@ -62,7 +62,7 @@ class HFBackend:
         auto_class, _ = self._head(spec)
         return load_model_for_task(name, auto_class, attention_dropout=attention_dropout,
                                    trust_remote_code=bool(getattr(options, "trust_remote_code", False)),
-                                   **dict(spec.head_options))
+                                   head_options=dict(spec.head_options))
 
     def apply_method(self, model: Any, method: Any, method_options: dict[str, Any], spec: Any) -> Any:
         from qatune.backends.hf.peft_methods import BUILDERS
@@ -104,7 +104,7 @@ class HFBackend:
 
             base_name = self.base_model_of(run_config)
             base = load_model_for_task(base_name, auto_class, attention_dropout=attention_dropout,
-                                       **dict(spec.head_options))
+                                       head_options=dict(spec.head_options))
             try:
                 model = PeftModel.from_pretrained(base, str(path))
             except Exception as exc:  # noqa: BLE001

@@ -73,8 +73,11 @@ def disable_attention_dropout(config: Any, value: float) -> None:
 
 
 def load_model_for_task(name: str, auto_class: str, attention_dropout: float | None = None,
-                        trust_remote_code: bool = False, **kwargs: Any) -> Any:
-    """Load ``name`` with ``transformers.<auto_class>``; a fresh task head is initialised if missing."""
+                        trust_remote_code: bool = False, head_options: dict[str, Any] | None = None,
+                        **kwargs: Any) -> Any:
+    """Load ``name`` with ``transformers.<auto_class>``; a fresh task head is initialised if missing.
+
+    ``head_options`` set config fields the head needs (e.g. ``num_labels``)."""
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -86,6 +89,8 @@ def load_model_for_task(name: str, auto_class: str, attention_dropout: float | N
         raise _load_error(path, exc) from None
     if attention_dropout is not None:
         disable_attention_dropout(config, attention_dropout)
+    for key, value in (head_options or {}).items():
+        setattr(config, key, value)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized qa_outputs" is expected for a fresh head
     try:

@@ -37,6 +37,9 @@ class ExtractiveQATask:
         columns=(ReportColumn("exact_match", "EM (%)", _pct), ReportColumn("f1", "F1 (%)", _pct)),
         primary="f1",
         optional=(ReportColumn("HasAns_f1", "HasAns F1 (%)", _pct), ReportColumn("NoAns_f1", "NoAns F1 (%)", _pct)),
+        metric_note="EM/F1: SQuAD exact match and token F1 (%) on the evaluation set after the last epoch",
+        optional_note="HasAns/NoAns F1 split answerable and unanswerable questions (SQuAD v2)",
+        loss_note="Losses: mean of the start- and end-position cross-entropy (nats); val loss on the evaluation set.",
     )
     sample_data = str(Path(__file__).resolve().parents[2] / "resources" / "sample" / "dev.json")
     request_fields = {"question": "the question (non-empty string)",
