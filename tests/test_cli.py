@@ -380,10 +380,10 @@ def test_evaluate_unwritable_output(capsys, run_dir: Path, tmp_path: Path) -> No
 def test_tuned_v2_threshold_reaches_best_f1() -> None:
     from qatune.tasks.extractive_qa.postprocess import Decoded, Span
     from qatune.tasks.extractive_qa.task import score_predictions
-    from qatune.tasks.extractive_qa.types import Answer, QAExample
+    from qatune.tasks.extractive_qa.types import GoldAnswer, QAExample
 
     examples = [QAExample(f"no-{i}", "Who?", CONTEXT, [], is_impossible=True) for i in range(3)]
-    examples.append(QAExample("has", "What?", CONTEXT, [Answer("green bottles", CONTEXT.find("green bottles"))]))
+    examples.append(QAExample("has", "What?", CONTEXT, [GoldAnswer("green bottles", CONTEXT.find("green bottles"))]))
     # the model prefers a (wrong) span everywhere: null score below the best span score, gap < 0
     decoded = [Decoded([Span("the canal", 5.0, 38, 47)], null_score=1.0 + i) for i in range(4)]
     result = score_predictions(examples, decoded, version_2=True, null_threshold=None)

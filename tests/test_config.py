@@ -292,3 +292,29 @@ def test_per_method_default_learning_rates() -> None:
     assert load_config(None, []).learning_rate is None  # None = the method's default
     for name in registry.names():
         assert registry.get(name).description, f"method {name} has no description"
+
+
+# Sections: generic keys at the top level, the task's options under its section (qa:), the backend's under
+# its name (hf:); the flat spelling from before sections still works and lands in the same place.
+def test_flat_task_keys_still_work_and_land_in_the_task_section(tmp_path: Path) -> None:
+    flat = load_config(None, ["doc_stride=64", "n_best=5", "null_threshold=0.5", "trust_remote_code=true"])
+    section = load_config(None, ["qa.doc_stride=64", "qa.n_best=5", "qa.null_threshold=0.5",
+                                 "hf.trust_remote_code=true"])
+    for cfg in (flat, section):
+        assert cfg.task_options == {"doc_stride": 64, "n_best": 5, "max_answer_length": 30, "null_threshold": 0.5,
+                                    "version_2": None}
+        assert cfg.backend_options == {"trust_remote_code": True}
+        assert cfg.doc_stride == 64 and cfg.trust_remote_code is True  # read access by the flat name, too
+    data = config_to_dict(flat)
+    assert data["qa"]["doc_stride"] == 64 and data["hf"] == {"trust_remote_code": True}
+    assert "doc_stride" not in data and "trust_remote_code" not in data
+    # the written (sectioned) config loads back to the same config
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path) == flat
+    with pytest.raises(ConfigError, match=r"'doc_stride' is given twice, as 'doc_stride' and as 'qa.doc_stride'"):
+        config_from_dict({"doc_stride": 32, "qa": {"doc_stride": 64}})
+    with pytest.raises(ConfigError, match=r"unknown option 'qa.stride'. Options of 'qa': doc_stride, "):
+        config_from_dict({"qa": {"stride": 64}})
+    with pytest.raises(ConfigError, match=r"config key 'qa.n_best': 'many' is not a valid int"):
+        config_from_dict({"qa": {"n_best": "many"}})

@@ -17,7 +17,7 @@ import pytest
 
 from qatune.errors import ConfigError, DataError
 from qatune.tasks.extractive_qa import (
-    Answer,
+    GoldAnswer,
     QAExample,
     examples_to_squad_json,
     load_qa_examples,
@@ -158,7 +158,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 def expected_examples() -> list[QAExample]:
     out = []
     for row in flat_rows(squad_v11(), hf_style=False):
-        answers = [Answer(a["text"], a["answer_start"]) for a in row["answers"]]
+        answers = [GoldAnswer(a["text"], a["answer_start"]) for a in row["answers"]]
         out.append(QAExample(row["id"], row["question"], row["context"], answers, row["title"], False))
     return out
 
@@ -390,9 +390,9 @@ def test_answer_repair_and_drops(tmp_path: Path) -> None:
     }
     examples, report = load_qa_examples(write_json(tmp_path / "repair.json", document))
     by_id = {e.id: e for e in examples}
-    assert by_id["fix"].answers == [Answer("capital", PARIS.index("capital"))]
-    assert by_id["mixed"].answers == [Answer("France", PARIS.index("France"))]
-    assert by_id["neg"].answers == [Answer("Spain", PARIS.index("Spain"))]
+    assert by_id["fix"].answers == [GoldAnswer("capital", PARIS.index("capital"))]
+    assert by_id["mixed"].answers == [GoldAnswer("France", PARIS.index("France"))]
+    assert by_id["neg"].answers == [GoldAnswer("Spain", PARIS.index("Spain"))]
     assert "lost" not in by_id
     assert report.repaired_answers == 2
     assert report.dropped_answers == 4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE
 
-from qatune.tasks.extractive_qa import Answer, QAExample, load_qa_examples
+from qatune.tasks.extractive_qa import GoldAnswer, QAExample, load_qa_examples
 from qatune.tasks.extractive_qa import features as F
 
 SEQ, STRIDE = 128, 32
@@ -103,7 +103,7 @@ def test_answer_in_second_window_only(tokenizer):
     filler = " ".join(f"word{i}" for i in range(150))
     context = filler + " The treasure is buried under the old oak tree."
     ex = QAExample(id="q", question="Where is the treasure?", context=context,
-                   answers=[Answer("the old oak tree", context.index("the old oak tree"))])
+                   answers=[GoldAnswer("the old oak tree", context.index("the old oak tree"))])
     feats = F.tokenize_examples([ex], tokenizer, SEQ, STRIDE, training=True, progress=False)
     assert len(feats) >= 3
     labels = list(zip(feats.start_positions.tolist(), feats.end_positions.tolist(), strict=True))
@@ -115,7 +115,7 @@ def test_answer_in_second_window_only(tokenizer):
 def test_long_questions_are_clipped_so_the_context_fits(tokenizer):
     question = "why " * 200 + "?"
     context = "A short context about nothing in particular."
-    ex = QAExample(id="q", question=question, context=context, answers=[Answer("nothing", context.index("nothing"))])
+    ex = QAExample(id="q", question=question, context=context, answers=[GoldAnswer("nothing", context.index("nothing"))])
     feats = F.tokenize_examples([ex], tokenizer, SEQ, STRIDE, training=True, progress=False)
     assert len(feats) == 1
     ctx = _context_tokens(feats, 0)
@@ -129,7 +129,7 @@ def test_long_questions_fit_short_windows_with_a_large_stride(tokenizer, seq, st
     """The tokenizer panics when a window has no more than doc_stride context tokens: clip the question more."""
     question = "why " * 100 + "?"
     context = " ".join(f"word{i}" for i in range(150)) + " the answer is here"
-    ex = QAExample(id="q", question=question, context=context, answers=[Answer("here", context.index("here"))])
+    ex = QAExample(id="q", question=question, context=context, answers=[GoldAnswer("here", context.index("here"))])
     feats = F.tokenize_examples([ex], tokenizer, seq, stride, training=True, progress=False)
     assert len(feats) >= 2
     for i in range(len(feats)):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qatune.tasks.extractive_qa import Answer, QAExample
+from qatune.tasks.extractive_qa import GoldAnswer, QAExample
 from qatune.tasks.extractive_qa.features import QAFeatures, tokenize_examples
 from qatune.tasks.extractive_qa.postprocess import decode, final_answers
 
@@ -233,7 +233,7 @@ def test_examples_without_features_or_valid_spans(tokenizer):
 
 def test_unused_answer_field_is_ignored(tokenizer):
     context = "cats sleep a lot"
-    ex = QAExample(id="q", question="What do cats do?", context=context, answers=[Answer("sleep", 5)])
+    ex = QAExample(id="q", question="What do cats do?", context=context, answers=[GoldAnswer("sleep", 5)])
     feats = tokenize_examples([ex], tokenizer, 128, 32, training=True, progress=False)
     n = len(feats.input_ids[0])
     starts, ends = np.zeros(n, np.float32), np.zeros(n, np.float32)

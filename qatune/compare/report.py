@@ -229,7 +229,9 @@ def _setup(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any
     resolved = next((c for c in (plan.get("configs") or {}).values() if c), None) or {}
     shared = {**resolved, **(plan.get("shared") or {})}  # a method's full config has the defaults too
     setup = {k: shared.get(k) for k in ("model", "train", "eval", "max_train_samples", "max_eval_samples", "epochs",
-                                        "seed", "max_seq_length", "doc_stride", "precision", "device")}
+                                        "seed", "max_seq_length", "precision", "device")}
+    section = get_task(shared.get("task")).section
+    setup[section] = resolved.get(section)  # the task's options as the methods ran them (QA: doc_stride, ...)
     for r in records:
         if r["row"]["status"] == "finished":
             setup.update(train_questions=r["row"]["train_questions"], eval_questions=r["row"]["eval_questions"],

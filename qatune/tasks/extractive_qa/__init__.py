@@ -7,7 +7,7 @@ this package does not import torch.
 
 from qatune.tasks.extractive_qa.squad import examples_to_squad_json, load_qa_examples, load_squad_dataset_json
 from qatune.tasks.extractive_qa.task import ExtractiveQATask
-from qatune.tasks.extractive_qa.types import Answer, LoadReport, QAExample
+from qatune.tasks.extractive_qa.types import GoldAnswer, LoadReport, QAExample
 
-__all__ = ["Answer", "ExtractiveQATask", "LoadReport", "QAExample", "examples_to_squad_json", "load_qa_examples",
+__all__ = ["GoldAnswer", "ExtractiveQATask", "LoadReport", "QAExample", "examples_to_squad_json", "load_qa_examples",
            "load_squad_dataset_json"]

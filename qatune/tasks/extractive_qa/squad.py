@@ -23,7 +23,7 @@ from typing import Any
 
 from qatune.data.readers import Record, RecordSchema, check_max_samples, iter_flat, open_records, read_json
 from qatune.errors import DataError
-from qatune.tasks.extractive_qa.types import Answer, LoadReport, QAExample
+from qatune.tasks.extractive_qa.types import GoldAnswer, LoadReport, QAExample
 
 __all__ = ["SQUAD_SCHEMA", "examples_to_squad_json", "load_qa_examples", "load_squad_dataset_json"]
 
@@ -267,9 +267,9 @@ class _Builder:
 
     def _check_answers(
         self, where: str, qid: str, context: str, pairs: list[tuple[Any, Any]]
-    ) -> list[Answer]:
+    ) -> list[GoldAnswer]:
         """Keep answers whose offset is right, repair a unique text match, drop the rest."""
-        answers: list[Answer] = []
+        answers: list[GoldAnswer] = []
         for i, (text, start) in enumerate(pairs):
             if not isinstance(text, str):
                 raise self._fail(where, f"answers[{i}].text is {text!r}, not a string.")
@@ -283,14 +283,14 @@ class _Builder:
             if not text.strip():
                 self._drop_answer(qid)
             elif offset >= 0 and context[offset : offset + len(text)] == text:
-                answers.append(Answer(text, offset))
+                answers.append(GoldAnswer(text, offset))
             else:
                 hits = _find_all(context, text, limit=2)
                 if len(hits) == 1:
                     self.report.repaired_answers += 1
                     if not self._repaired_ids or self._repaired_ids[-1] != qid:
                         self._repaired_ids.append(qid)
-                    answers.append(Answer(text, hits[0]))
+                    answers.append(GoldAnswer(text, hits[0]))
                 else:
                     self._drop_answer(qid)
         return answers

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Answer:
+class GoldAnswer:
+    """A labelled answer in the data (the predictor's output is :class:`~qatune.tasks.extractive_qa.predictor.Answer`)."""
+
     text: str
     answer_start: int
 
@@ -18,7 +20,7 @@ class QAExample:
     id: str
     question: str
     context: str
-    answers: list[Answer] = field(default_factory=list)
+    answers: list[GoldAnswer] = field(default_factory=list)
     title: str = ""
     is_impossible: bool = False
 
