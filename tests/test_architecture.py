@@ -141,3 +141,21 @@ def test_every_package_has_an_init() -> None:
     missing = [str(d.relative_to(PACKAGE.parent)) for d in PACKAGE.rglob("*")
                if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").is_file()]
     assert not missing, missing
+
+
+def _contract(protocol: type) -> set[str]:
+    """Names a Protocol declares: its annotated attributes and its methods."""
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+    return names
+
+
+def test_the_builtin_task_and_backend_implement_their_contracts() -> None:
+    from qatune.backends import get_backend
+    from qatune.backends.base import Backend
+    from qatune.tasks import Task, get_task
+
+    task, backend = get_task("extractive_qa"), get_backend("hf")
+    assert len(_contract(Task)) > 25 and len(_contract(Backend)) > 8
+    assert not sorted(n for n in _contract(Task) if not hasattr(task, n))
+    assert not sorted(n for n in _contract(Backend) if not hasattr(backend, n))
