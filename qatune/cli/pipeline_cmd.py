@@ -114,7 +114,7 @@ def run_local(args: argparse.Namespace) -> int:
     plan = steps.compare_plan(args.config, methods=args.methods, overrides=args.overrides, local_paths=True)
     output = Path(args.output or f"{plan['output']}-kfp")
     out = kfp_pipeline.run_local(plan, output, parallelism=args.parallelism, caching=not args.no_cache)
-    from qatune.compare.runner import read_json
+    from qatune.compare.rundirs import read_json
 
     report = read_json(out / "report.json") or {}
     print_json({"output": str(out), "report": [str(out / f) for f in ("report.csv", "report.md", "report.json",
