@@ -141,7 +141,7 @@ def test_method_trains_saves_and_reloads_identically(method, tiny_model_dir, tmp
     assert (loaded_start - base_start).abs().max() > 1e-2
 
     if registry.get(method).mergeable:  # merged LoRA-style weights give the adapter's logits
-        from qatune.artifacts import load_trained_model
+        from qatune.inference.loader import load_run_model as load_trained_model
 
         unmerged, _, _ = load_trained_model(out, merge=False)
         assert hasattr(unmerged, "peft_config") and not hasattr(pipe.runner.span_model.model, "peft_config")
