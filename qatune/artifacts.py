@@ -14,28 +14,15 @@ from typing import Any
 
 import yaml
 
-from qatune.errors import ModelError, OutputError
+from qatune.errors import ModelError
+from qatune.rundir import ensure_writable_dir, write_text_atomic  # noqa: F401 - re-exported
 
 RUN_CONFIG = "qatune.yaml"
 
 
-def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and prove it is writable before any expensive work starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".qatune-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output directory {path} is not writable ({exc.strerror or exc}); "
-                          "choose another --output") from None
-    return path
-
-
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    """Atomic: a crash or a full disk never leaves a half-written JSON file in place of a good one."""
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False))
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -57,20 +44,42 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def base_model_of(run_cfg: dict[str, Any]) -> str:
-    """The run's base model: its ``model`` (alias, hub id or a path valid from here), else the absolute
-    ``base_model_path`` recorded at training time (a relative ``--model`` path from another directory)."""
+def base_model_of(run_cfg: dict[str, Any], run_dir: str | os.PathLike | None = None) -> str:
+    """The run's base model, as recorded at training time: never what a relative path means from here.
+
+    ``model`` is what the user typed; ``base_model_path`` is what it resolved to when the run was trained
+    (absolute for a local folder). An alias resolves afresh (the embedded model's package may have moved);
+    a local base model loads from its recorded absolute path only, so a different model that happens to
+    sit at the same relative path under the current directory is never picked up.
+    """
     from qatune.models import ALIASES
 
     name = str(run_cfg.get("model") or "")
-    saved = run_cfg.get("base_model_path")
-    if name in ALIASES or (name and Path(name).expanduser().exists()):
+    saved = str(run_cfg.get("base_model_path") or "")
+    where = f"{Path(run_dir) / RUN_CONFIG}" if run_dir is not None else RUN_CONFIG
+    if name in ALIASES:
         return name
-    if saved and Path(str(saved)).expanduser().exists():
-        return str(saved)
+    if saved and Path(saved).expanduser().is_absolute():
+        if Path(saved).expanduser().exists():
+            return saved
+        raise ModelError(f"the run's base model {saved} (given as --model {name or saved} at training time, "
+                         f"recorded in {where}) no longer exists; put the base model back at that path, or set "
+                         "base_model_path in that file to where it is now")
+    if saved:
+        return saved  # a hub id
     if not name:
-        raise ModelError("the run's qatune.yaml names no base model ('model'); retrain into a new --output")
-    return name
+        raise ModelError(f"{where} names no base model ('model'); retrain into a new --output")
+    return name  # a run of an older version that recorded no base_model_path
+
+
+def missing_run_files(path: Path, peft: bool) -> list[str]:
+    """The weight/config files a run needs that are not there (a partly deleted or copied run dir)."""
+    if peft:
+        needed = [("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")]
+    else:
+        needed = [("config.json",), ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")]
+    needed.append(("tokenizer_config.json",))
+    return [names[0] for names in needed if not any((path / n).is_file() for n in names)]
 
 
 def load_trained_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0
@@ -83,14 +92,18 @@ def load_trained_model(run_dir: str | os.PathLike, merge: bool = True, attention
     path = Path(run_dir)
     run_cfg = read_run_config(path)
     task = get_task(run_cfg.get("task", "extractive_qa"))
-    tokenizer = load_tokenizer(str(path))
     method = registry.get(run_cfg.get("method", "full"))
+    missing = missing_run_files(path, method.is_peft)
+    if missing:
+        raise ModelError(f"run directory {path} is incomplete: {', '.join(missing)} is missing (deleted or not "
+                         "copied); restore it, or retrain with `qatune train --output DIR`")
+    tokenizer = load_tokenizer(str(path))
     if not method.is_peft:
         model = load_model_for_task(str(path), task.auto_class, attention_dropout=attention_dropout)
     else:
         from peft import PeftModel
 
-        base_name = base_model_of(run_cfg)
+        base_name = base_model_of(run_cfg, path)
         base = load_model_for_task(base_name, task.auto_class, attention_dropout=attention_dropout)
         try:
             model = PeftModel.from_pretrained(base, str(path))
