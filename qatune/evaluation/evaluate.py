@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qatune.artifacts import ensure_writable_dir, write_json
+from qatune import rundir
+from qatune.artifacts import RUN_CONFIG, read_run_config, write_json
+
+EVAL_FILES = ("predictions.json", "metrics.json", "na_probs.json")
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | None = None,
@@ -18,15 +21,23 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     """Evaluate and write ``predictions.json``, ``metrics.json`` (and ``na_probs.json`` for v2) to ``output``.
 
     For SQuAD v2 data the no-answer threshold is tuned on this data unless ``null_threshold`` is given.
+    ``output`` follows qatune's write rule (qatune/rundir.py): a new or empty folder or an earlier
+    evaluation; never the run itself (its metrics.json holds the training metrics) nor a folder holding the
+    run or its base model. A subfolder of the run (``RUN/eval``) is fine: it touches none of the run's files.
     """
     from qatune.data.squad import load_qa_examples
     from qatune.inference.pipeline import load_pipeline
     from qatune.tasks.qa.task import score_predictions
 
-    out = ensure_writable_dir(Path(output)) if output else None
+    guard: dict[str, Any] = {}
+    if output:
+        run_cfg = read_run_config(run_dir) if (Path(run_dir) / RUN_CONFIG).is_file() else {}
+        guard = {"models": [run_cfg.get("base_model_path")], "source_run": run_dir}
+        rundir.check_output(output, "evaluation", **guard)  # before anything loads: fail fast, change nothing
     examples, report = load_qa_examples(data, max_samples=max_eval_samples, split=split)
     print(f"qatune: {report.summary()}", file=sys.stderr, flush=True)
     pipeline = load_pipeline(run_dir, device=device, precision=precision)
+    out = rundir.prepare_output(output, "evaluation", **guard) if output else None
     t0 = time.perf_counter()
     decoded = pipeline.decode_examples(examples, batch_size=batch_size, progress=progress)
     version_2 = report.version == "2.0"
@@ -39,4 +50,5 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
         write_json(out / "metrics.json", metrics)
         if version_2:
             write_json(out / "na_probs.json", result.na_probs)
+        rundir.record(out, "evaluation", [n for n in EVAL_FILES if (out / n).exists()])
     return metrics
