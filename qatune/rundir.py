@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 from qatune.errors import OutputError
 
 MANIFEST = ".qatune-files.json"  # {"kind": "run" | "export" | "evaluation", "files": [top-level names]}
-KINDS = ("run", "export", "evaluation")
+KINDS = ("run", "export", "evaluation", "compare")
 RUN_MARKER = "qatune.yaml"
 EXPORT_MARKER = "export.json"
 
@@ -51,8 +51,11 @@ KNOWN_NAMES: dict[str, frozenset[str]] = {
                      + _TOKENIZER + CHECKPOINT_NAMES),
     "export": frozenset(("model.onnx", "model.onnx.data", "export.json", "qatune.yaml") + _TOKENIZER),
     "evaluation": frozenset(("predictions.json", "metrics.json", "na_probs.json")),
+    # a comparison folder (recognised by compare.json): the report files; each method's run is a subfolder
+    "compare": frozenset(("compare.json", "report.md", "report.csv", "report.json", "report.html")),
 }
-_ARTICLE = {"run": "a training run", "export": "an export", "evaluation": "an evaluation"}
+_ARTICLE = {"run": "a training run", "export": "an export", "evaluation": "an evaluation",
+            "compare": "a comparison"}
 
 
 @dataclass
@@ -94,6 +97,8 @@ def _legacy_kind(path: Path, names: set[str]) -> str | None:
         return "export"
     if RUN_MARKER in names or any((path / c / "trainer_state.json").is_file() for c in CHECKPOINT_NAMES):
         return "run"
+    if "compare.json" in names:
+        return "compare"
     if "metrics.json" in names and names <= KNOWN_NAMES["evaluation"] | COMPANIONS:
         try:
             if "eval_questions" in json.loads((path / "metrics.json").read_text()):

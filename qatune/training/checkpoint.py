@@ -237,6 +237,26 @@ def read_fingerprint(output_dir: Path) -> dict[str, Any]:
     return data
 
 
+def verify_checkpoint(output_dir: Path) -> None:
+    """Cheap integrity check before any input loads: every JSON file parses and every safetensors header is
+    complete and covers its file (a truncated or overwritten file fails here, named, not mid-resume)."""
+    from safetensors import safe_open
+
+    folder = checkpoint_folder(output_dir)
+    read_trainer_state(output_dir)
+    for stem in (OPTIM, RNG) + ((RANK_RNG,) if (folder / f"{RANK_RNG}.json").exists() else ()):
+        read_checkpoint_json(folder / f"{stem}.json")
+    for name in (WEIGHTS, f"{OPTIM}.safetensors", f"{RNG}.safetensors"):
+        path = folder / name
+        if not path.is_file():
+            raise _damaged(path, "missing")
+        try:
+            with safe_open(str(path), "pt") as fh:
+                fh.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise _damaged(path, f"not a valid safetensors file: {str(exc)[:80]}") from None
+
+
 def read_trainer_state(output_dir: Path) -> TrainerState:
     folder = output_dir / CHECKPOINT_DIR
     data = read_checkpoint_json(folder / _STATE)

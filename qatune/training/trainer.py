@@ -42,6 +42,7 @@ from qatune.training.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    verify_checkpoint,
 )
 
 
@@ -95,6 +96,7 @@ def _check_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dic
     if has_checkpoint(out):
         if cfg.resume:
             _check_fingerprint(out, fingerprint)
+            verify_checkpoint(out)
             return
         raise ConfigError(f"{out} holds an unfinished run's checkpoint; pass --resume to continue it, "
                           "--overwrite to start over, or choose another --output")
