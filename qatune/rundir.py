@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from qatune.errors import OutputError
 
@@ -56,6 +56,7 @@ KNOWN_NAMES: dict[str, frozenset[str]] = {
 }
 _ARTICLE = {"run": "a training run", "export": "an export", "evaluation": "an evaluation",
             "compare": "a comparison"}
+_NOUN = {"run": "run", "export": "export", "evaluation": "evaluation", "compare": "comparison"}
 
 
 @dataclass
@@ -81,7 +82,7 @@ def _names(path: Path) -> list[str]:
                           ) from None
 
 
-def read_manifest(path: Path) -> dict | None:
+def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of ``path``, or None when absent or not one of ours (a damaged one counts as absent)."""
     try:
         data = json.loads((path / MANIFEST).read_text())
@@ -176,8 +177,8 @@ def check_output(path: str | os.PathLike, kind: str, *, models: Iterable[str | o
                           f"choose another {flag}")
     if folder.kind is None and folder.others:
         raise OutputError(
-            f"{flag} {folder.path} is not empty and holds no qatune {kind} ({_list(folder.others)}); qatune writes "
-            f"only into a new or empty folder or into its own {kind}, and --overwrite never deletes files it did "
+            f"{flag} {folder.path} is not empty and holds no qatune {_NOUN[kind]} ({_list(folder.others)}); qatune "
+            f"writes only into a new or empty folder or into its own {_NOUN[kind]}, and --overwrite never deletes files it did "
             f"not write: choose another {flag}")
     clash = sorted(set(folder.others) & KNOWN_NAMES[kind])
     if clash:

@@ -498,3 +498,20 @@ def test_ctrl_c_promises_a_checkpoint_only_when_there_is_one(tiny_model_dir: Pat
         assert not ckpt.has_checkpoint(out)
         assert "before the first checkpoint" in message and "nothing to resume" in message
         assert "--resume" not in message
+
+
+def test_compare_into_a_foreign_folder_is_refused(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
+    import yaml
+    from conftest import REPO
+
+    folder = user_folder(tmp_path / "mine")
+    before = digests(folder)
+    cfg = yaml.safe_load((REPO / "configs" / "compare_tiny.yaml").read_text())
+    cfg.update(model=str(tiny_model_dir), train=str(SAMPLE / "train.json"), eval=str(SAMPLE / "dev.json"),
+               output=str(folder), tracking=False)
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for extra in ((), ("--force",)):
+        rc, _, err = cli(capsys, "compare", "--config", config, *extra)
+        assert_clean_error(rc, err, "is not empty and holds no qatune comparison")
+        assert digests(folder) == before
