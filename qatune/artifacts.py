@@ -15,22 +15,12 @@ from typing import Any
 import yaml
 
 from qatune.core.jsonio import write_json  # noqa: F401 - run-dir writers import it from here
-from qatune.errors import ModelError, OutputError
+from qatune.errors import ModelError
+from qatune.rundir import ensure_writable_dir, write_text_atomic  # noqa: F401 - re-exported
 
 RUN_CONFIG = "qatune.yaml"
 
 
-def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and prove it is writable before any expensive work starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".qatune-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output directory {path} is not writable ({exc.strerror or exc}); "
-                          "choose another --output") from None
-    return path
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:

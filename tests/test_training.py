@@ -220,17 +220,17 @@ def test_checkpoint_round_trip_holds_only_trainable_weights(tmp_path):
 def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model, opt, sched = _parts(0)
     ckpt.save_checkpoint(tmp_path, model, opt, sched, ckpt.TrainerState(global_step=1))
-    real_save = torch.save
+    real_write = ckpt._write_state
 
-    def failing_save(obj, path, *args, **kwargs):
-        if Path(path).name == "rng.pt":
+    def failing_write(folder, stem, obj):
+        if stem == ckpt.RNG:
             raise OSError("disk full")
-        return real_save(obj, path, *args, **kwargs)
+        return real_write(folder, stem, obj)
 
-    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(ckpt, "_write_state", failing_write)
     with pytest.raises(OSError, match="disk full"):
         ckpt.save_checkpoint(tmp_path, model, opt, sched, ckpt.TrainerState(global_step=2))
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(ckpt, "_write_state", real_write)
     assert_no_checkpoint_leftovers(tmp_path)
     assert ckpt.has_checkpoint(tmp_path)
     assert ckpt.load_checkpoint(tmp_path, model, opt, sched).global_step == 1

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory written by `qatune train`")
     p.add_argument("--data", required=True, help="SQuAD-format evaluation data")
     p.add_argument("--max-eval-samples", type=int, default=None, help="the first N questions")
-    p.add_argument("--output", default=None, help="directory for predictions.json and metrics.json")
+    p.add_argument("--output", default=None, help="new or empty directory (or an earlier evaluation) for predictions.json and "
+                   "metrics.json; not the run itself, whose metrics.json holds the training metrics (use RUN/eval)")
     p.add_argument("--null-threshold", type=float, default=None, help="v2 threshold (default: tuned here)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--providers", default=None,
                    help="ONNX Runtime execution providers for the parity check, e.g. cuda,cpu or tensorrt,cuda,cpu "
                         "(default: cpu). Serving picks TensorRT > CUDA > CPU by itself")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output (only a folder holding nothing but a qatune export)")
     add_debug(p)
     p.set_defaults(handler=run)
 

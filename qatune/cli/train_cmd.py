@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", dest="do_eval", action="store_false", default=None, help="skip evaluation")
     p.add_argument("--no-tracking", dest="tracking", action="store_false", default=None, help="no MLflow")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the run's checkpoint")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace a finished or unfinished qatune run in --output (only the files it wrote)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides such as epochs=2 lora.r=16")
     add_debug(p)

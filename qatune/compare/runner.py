@@ -29,7 +29,6 @@ import copy
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -350,6 +349,10 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
 
     log = log or sys.stderr
     launch = launcher or _launch
+    from qatune import rundir
+
+    # qatune's write rule: a new or empty folder or an earlier comparison, never a foreign folder
+    rundir.check_output(spec.output, "compare")
     out = ensure_writable_dir(spec.output)
     task = spec.shared.get("task")
 
@@ -435,8 +438,10 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
             run_dir = out / m.label
             if m.label in remaining:
                 remaining.remove(m.label)
-            if spec.force and run_dir.exists():
-                shutil.rmtree(run_dir)
+            if spec.force and run_dir.exists():  # only what qatune wrote there; anything else stays
+                rundir.remove_own_files(run_dir, "run")
+                for name in (STATUS_FILE, TRAIN_YAML, LOG_FILE):
+                    (run_dir / name).unlink(missing_ok=True)
             if cfg is None:
                 _write_status(run_dir, {"label": m.label, "method": m.method, "status": "failed", "error": error,
                                         "error_tail": [error]})

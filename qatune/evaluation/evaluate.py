@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qatune.artifacts import ensure_writable_dir, read_run_config, write_json
+from qatune import rundir
+from qatune.artifacts import RUN_CONFIG, read_run_config, write_json
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | None = None,
@@ -18,14 +19,23 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     """Evaluate and write ``metrics.json`` plus the task's files (QA: ``predictions.json``, and
     ``na_probs.json`` for v2) to ``output``. ``task_options`` go to the task's predictor, e.g.
     ``null_threshold`` (QA: for SQuAD v2 data the no-answer threshold is tuned on this data unless given).
+
+    ``output`` follows qatune's write rule (qatune/rundir.py): a new or empty folder or an earlier
+    evaluation; never the run itself (its metrics.json holds the training metrics) nor a folder holding the
+    run or its base model. A subfolder of the run (``RUN/eval``) is fine: it touches none of the run's files.
     """
     from qatune.inference.loader import load_predictor, task_of
 
-    out = ensure_writable_dir(Path(output)) if output else None
+    guard: dict[str, Any] = {}
+    if output:
+        run_cfg = read_run_config(run_dir) if (Path(run_dir) / RUN_CONFIG).is_file() else {}
+        guard = {"models": [run_cfg.get("base_model_path")], "source_run": run_dir}
+        rundir.check_output(output, "evaluation", **guard)  # before anything loads: fail fast, change nothing
     task = task_of(read_run_config(run_dir))
     examples, report = task.read(data, max_eval_samples, split=split)
     print(f"qatune: {report.summary()}", file=sys.stderr, flush=True)
     predictor = load_predictor(run_dir, device=device, precision=precision)
+    out = rundir.prepare_output(output, "evaluation", **guard) if output else None
     t0 = time.perf_counter()
     options = {k: v for k, v in task_options.items() if v is not None}
     result = predictor.evaluate(examples, batch_size=batch_size, progress=progress, report=report, **options)
@@ -36,4 +46,5 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
             if name != "metrics.json":
                 write_json(out / name, content)
         write_json(out / "metrics.json", metrics)
+        rundir.record(out, "evaluation", [*(n for n in result.files if n != "metrics.json"), "metrics.json"])
     return metrics

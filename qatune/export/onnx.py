@@ -212,12 +212,21 @@ def _refuse_unexportable(run_dir: Path, run_cfg: dict[str, Any]) -> Any:
     return method
 
 
-def _output_dir(output: str | os.PathLike, overwrite: bool) -> Path:
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"--output {out} exists and is not empty; choose another directory or pass --overwrite")
+def _output_dir(output: str | os.PathLike, overwrite: bool, run_path: Path, run_cfg: dict[str, Any]) -> Path:
+    """Apply qatune's write rule (qatune/rundir.py) before anything is loaded: a new or empty folder, or, with
+    --overwrite, an earlier export holding only files qatune wrote; never the run or its base model."""
+    from qatune import rundir
+
+    folder = rundir.check_output(output, "export", models=[run_path, run_cfg.get("base_model_path")],
+                                 overwrite=overwrite)
+    out = folder.path
+    if folder.kind == "export" and not overwrite:
+        raise OutputError(f"--output {out} already holds an export; choose another directory or pass --overwrite")
+    if folder.exists:
+        foreign = sorted(set(os.listdir(out)) - folder.ours)
+        if foreign:  # e.g. a compare/pipeline log: the whole folder is swapped for the new export
+            raise OutputError(f"--output {out} holds files that qatune's export did not write "
+                              f"({', '.join(foreign[:5])}); choose another directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -225,6 +234,24 @@ def _output_dir(output: str | os.PathLike, overwrite: bool) -> Path:
     if not os.access(out.parent, os.W_OK):
         raise OutputError(f"{out.parent} is not writable; choose another --output")
     return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished export in: the previous export (only qatune's files, checked by :func:`_output_dir`)
+    is moved aside, the new one renamed into place, then the old one removed."""
+    from qatune import rundir
+
+    rundir.record(tmp, "export", os.listdir(tmp))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _set_attention(model: Any, implementation: str) -> str | None:
@@ -396,7 +423,7 @@ def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike, quantize:
     run_path = Path(run_dir).expanduser()
     run_cfg = read_run_config(run_path)
     method = _refuse_unexportable(run_path, run_cfg)
-    out = _output_dir(output, overwrite)
+    out = _output_dir(output, overwrite, run_path, run_cfg)
     calib_source = None
     if quantize == "int8-static":
         calib_source = calibration_data or run_cfg.get("train")
@@ -410,9 +437,8 @@ def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike, quantize:
         info = _export_into(run_path, tmp, run_cfg, method, quantize, per_channel, calib_source, calibration_samples,
                             optimize, opset, tolerance, min_agreement, parity_samples, parity_data, providers, loaded,
                             log)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _output_dir(output, overwrite, run_path, run_cfg)  # again: the folder may have changed meanwhile
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

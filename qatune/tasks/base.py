@@ -118,6 +118,7 @@ class Task(Protocol):
     model: ModelSpec
     export_signature: ExportSignature
     run_files: tuple[str, ...]  # files its evaluation writes into a run directory
+    eval_only_options: frozenset[str]  # options that do not change training (free to change on --resume)
     report: ReportSpec
     request_fields: dict[str, str]  # predict/serve request fields -> description
     sample_data: str | None  # a small bundled labelled file (export parity checks fall back to it)

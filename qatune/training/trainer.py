@@ -7,7 +7,9 @@ grouping, bf16 autocast, gradient accumulation, checkpoints) -> per-epoch evalua
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
+import json
 import math
 import os
 import random
@@ -21,21 +23,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from qatune import runtime
-from qatune.artifacts import RUN_CONFIG, ensure_writable_dir, write_json
+from qatune import rundir, runtime
+from qatune.artifacts import RUN_CONFIG, write_json
 from qatune.backends import get_backend
 from qatune.config import TrainConfig, config_to_dict, load_config, save_config
-from qatune.core.rng import rng_state, set_rng_state
 from qatune.errors import ConfigError, QatuneError
 from qatune.methods import registry
 from qatune.tasks import get_task
 from qatune.training.checkpoint import (
-    CHECKPOINT_DIR,
+    CheckpointError,
     TrainerState,
     has_checkpoint,
     load_checkpoint,
+    load_rank_rngs,
+    read_fingerprint,
+    read_trainer_state,
     remove_checkpoint,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
+    verify_checkpoint,
 )
 
 
@@ -79,38 +86,83 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=True)
 
 
-def _check_output(cfg: TrainConfig, out: Path) -> None:
-    """Never silently overwrite a finished run or ignore a checkpoint the user may want."""
-    finished = (out / RUN_CONFIG).is_file()
+def _check_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dict[str, Any]) -> None:
+    """Refuse, before anything is loaded or removed: a folder that is not empty and not a qatune run, the
+    folder of the model being read, a finished run or a checkpoint without --overwrite/--resume, and a
+    checkpoint written with other training settings (see qatune/rundir.py for the write rule)."""
+    rundir.check_output(out, "run", models=[base_model], overwrite=bool(cfg.overwrite))
     if cfg.overwrite:
-        _clear_run_files(out, run_files(cfg))
         return
     if has_checkpoint(out):
         if cfg.resume:
+            _check_fingerprint(out, fingerprint)
+            verify_checkpoint(out)
             return
         raise ConfigError(f"{out} holds an unfinished run's checkpoint; pass --resume to continue it, "
                           "--overwrite to start over, or choose another --output")
-    if finished:
+    if (out / RUN_CONFIG).is_file():
         raise ConfigError(f"{out} already holds a finished run" + (" (nothing to resume)" if cfg.resume else "")
                           + "; choose another --output or pass --overwrite")
 
 
-# files every run writes; the task (its evaluation files) and the backend (model files) add theirs
+# files every run writes; the task (its evaluation files) and the backend (model files) add theirs, and the
+# manifest (qatune/rundir.py) records exactly what was written
 RUN_FILES = ("qatune.yaml", "metrics.json", "history.json")
 
+# config keys that do not change the training trajectory: free to change between a checkpoint and --resume
+RESUME_FREE_KEYS = frozenset({
+    "eval", "max_eval_samples", "eval_batch_size", "do_eval", "save_steps", "stop_after_steps", "resume",
+    "overwrite", "tracking", "tracking_uri", "experiment", "run_name", "cache_dir", "num_threads", "device", "debug",
+    "output",
+})
+# fingerprinted as resolved; the task's section without its evaluation-only options (QA: n_best, ...)
+_RESOLVED_KEYS = frozenset({"learning_rate", "method_options", "model", "train", "task_options"})
 
-def run_files(cfg: TrainConfig) -> tuple[str, ...]:
-    """Files a run of ``cfg`` writes; --overwrite removes them so no stale model/adapter/predictions mix
-    with the new run."""
-    return RUN_FILES + tuple(get_task(cfg.task).run_files) + tuple(get_backend(cfg.backend).run_files)
+
+def data_identity(spec: str | None) -> dict[str, Any] | str | None:
+    """What identifies the training data without reading it all: a file's size and the SHA-256 of its first
+    MiB, a folder's file names and sizes; a name that is not a local path (hub dataset) as given."""
+    import hashlib
+
+    if not spec:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            head = hashlib.sha256(fh.read(2**20)).hexdigest()
+        return {"size": path.stat().st_size, "sha256_first_mib": head}
+    if path.is_dir():
+        listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+        return {"files": len(listing), "sha256_listing": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+    return str(spec)
 
 
-def _clear_run_files(out: Path, names: tuple[str, ...]) -> None:
-    from qatune.training.checkpoint import remove_checkpoint
+def training_fingerprint(cfg: TrainConfig, lr: float, options: dict[str, Any], base_model: str) -> dict[str, Any]:
+    """Every setting that shapes the training trajectory, as recorded in a checkpoint and checked on --resume.
 
-    for name in names:
-        (out / name).unlink(missing_ok=True)
-    remove_checkpoint(out)
+    Values are compared after resolution: the learning rate the method default gives, the method's full
+    option set, the base model's absolute path, the data's content identity (a moved file is the same data).
+    """
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE_KEYS | _RESOLVED_KEYS}
+    free = set(getattr(get_task(cfg.task), "eval_only_options", ()))
+    data.update(learning_rate=lr, method_options=options, model=base_model, train=data_identity(cfg.train),
+                task_options={k: v for k, v in cfg.task_options.items() if k not in free})
+    return json.loads(json.dumps(data, default=str))  # the form it has after a JSON round trip
+
+
+def _check_fingerprint(out: Path, current: dict[str, Any]) -> None:
+    saved = read_fingerprint(out)
+    changed = [f"{key}: {_short(saved.get(key))} -> {_short(current.get(key))}"
+               for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    if changed:
+        raise CheckpointError(
+            f"--resume: the checkpoint in {out} does not match this configuration; changed: " + "; ".join(changed)
+            + ". Resume with the settings it was written with, or start over with --overwrite or a new --output")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _log(msg: str) -> None:
@@ -151,12 +203,6 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
     is_main = rank == 0
 
-    def check_output() -> None:
-        ensure_writable_dir(out)
-        _check_output(cfg, out)
-
-    _on_main_then_all(check_output)  # one error on every rank instead of ranks hanging in a collective
-    precision = runtime.resolve_precision(cfg.precision, device)
     task = get_task(cfg.task)
     backend = get_backend(cfg.backend)
     backend_options = cfg.backend_config()
@@ -164,6 +210,11 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     method, _ = registry.resolve(cfg.method)
     options = registry.options(cfg.method, cfg.options_for(method.name))
     lr = cfg.learning_rate if cfg.learning_rate is not None else method.learning_rate
+    base_model = backend.resolve_model(cfg.model)  # absolute for a local folder: recorded so the run loads anywhere
+    fingerprint = training_fingerprint(cfg, lr, options, base_model)
+    # nothing is written or removed yet: one error on every rank instead of ranks hanging in a collective
+    _on_main_then_all(lambda: _check_output(cfg, out, base_model, fingerprint))
+    precision = runtime.resolve_precision(cfg.precision, device)
 
     # data -> features -> model. Rank 0 goes first (downloads, fills the feature cache); the other ranks
     # then read the caches. Only rank 0 evaluates, so only rank 0 loads the evaluation data.
@@ -185,6 +236,8 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                                           training=True, cache_dir=cfg.cache_dir, progress=show)
         model = backend.load_base(cfg.model, task.model, backend_options, attention_dropout=cfg.attention_dropout)
     task_options = task.prepare(task_options, train_report, eval_report)
+    # every input is loaded and valid: only now create the folder or remove the previous run's files
+    _on_main_then_all(lambda: _prepare_output(cfg, out, base_model, fingerprint))
 
     # model + method (same seed on every rank; DDP also broadcasts rank 0's weights when it wraps)
     model = backend.apply_method(model, method, options, task.model)
@@ -229,7 +282,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     from tqdm.auto import tqdm
 
     def checkpoint() -> None:
-        _save_checkpoint_all_ranks(out, span_model, optimizer, scheduler, state)
+        _save_checkpoint_all_ranks(out, span_model, optimizer, scheduler, state, fingerprint)
 
     status = "finished"
     last_eval = None
@@ -307,7 +360,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         bar.close()
         optimizer.zero_grad(set_to_none=True)
         tracker.end("KILLED")
-        raise QatuneError(f"interrupted; the last checkpoint in {out} is intact: rerun with --resume") from None
+        raise QatuneError(_interrupted_message(out)) from None
     except BaseException:
         tracker.end("FAILED")  # never leave the MLflow run marked RUNNING
         raise
@@ -324,7 +377,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         try:
             record = {**task.record(task_options), **(last_eval.record if last_eval is not None else {})}
             metrics = _save_run(cfg, out, backend, model, tokenizer, state, last_eval, method, lr, precision,
-                                trainable, total, len(train_examples), len(train_features), record)
+                                trainable, total, len(train_examples), len(train_features), record, base_model)
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"})
             tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json"])
             tracker.log_artifacts([p for p in out.iterdir() if p.name.startswith(("adapter_", "model"))
@@ -342,10 +395,27 @@ class _Stop(Exception):
     """Internal: stop_after_steps reached; the checkpoint is saved."""
 
 
+def _prepare_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dict[str, Any]) -> None:
+    """Check again (the folder may have changed while the inputs loaded), then create it or, with
+    --overwrite, remove only the files qatune's previous run there wrote."""
+    _check_output(cfg, out, base_model, fingerprint)
+    rundir.prepare_output(out, "run", overwrite=bool(cfg.overwrite), models=[base_model])
+
+
+def _interrupted_message(out: Path) -> str:
+    """Ctrl+C: promise a checkpoint only when one is there."""
+    if has_checkpoint(out):
+        try:
+            saved = read_trainer_state(out)
+            where = f" (epoch {saved.epoch + 1}, step {saved.global_step})"
+        except QatuneError:
+            where = ""
+        return f"interrupted; the last checkpoint in {out}{where} is intact: rerun with --resume"
+    return (f"interrupted before the first checkpoint was saved (one is written after every epoch, or every "
+            f"--save-steps steps), so there is nothing to resume in {out}: run the command again")
+
+
 # --- distributed helpers ----------------------------------------------------------------------------
-
-RANK_RNG_FILE = "rng_ranks.pt"
-
 
 def _on_main_then_all(fn: Any) -> None:
     """Run ``fn`` on rank 0 and raise its user error on every rank (no rank is left waiting on a collective)."""
@@ -394,23 +464,22 @@ def _wrap_ddp(span_model: torch.nn.Module, task: Any, features: Any, tokenizer: 
 
 
 def _save_checkpoint_all_ranks(out: Path, span_model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                               state: TrainerState) -> None:
+                               state: TrainerState, fingerprint: dict[str, Any]) -> None:
     """Collective: rank 0 writes the checkpoint (weights are identical on every rank) plus every rank's RNG
     state (dropout streams differ per rank), then all ranks wait until it is complete."""
     rngs = runtime.gather_objects(rng_state()) if runtime.distributed() else None
     if runtime.is_main_process():
-        folder = save_checkpoint(out, span_model, optimizer, scheduler, state)
-        if rngs is not None:
-            torch.save(rngs, folder / RANK_RNG_FILE)
+        save_checkpoint(out, span_model, optimizer, scheduler, state, fingerprint, rank_rngs=rngs)
     runtime.barrier()
 
 
 def _restore_rank_rng(out: Path) -> None:
     """After ``load_checkpoint`` (which restores rank 0's RNG everywhere), give each rank its own stream back."""
-    path = out / CHECKPOINT_DIR / RANK_RNG_FILE
-    if not runtime.distributed() or not path.is_file():
+    if not runtime.distributed():
         return
-    states = torch.load(path, weights_only=False)
+    states = load_rank_rngs(out)
+    if states is None:
+        return
     if len(states) != runtime.world_size():
         _log(f"checkpoint written by {len(states)} processes, resuming with {runtime.world_size()}: the global "
              "batch (batch_size x processes) changes, so the run continues from its epoch/step but not identically")
@@ -420,14 +489,19 @@ def _restore_rank_rng(out: Path) -> None:
 
 def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: Any, state: TrainerState,
               last_eval: Any, method: Any, lr: float, precision: str, trainable: int, total: int, n_questions: int,
-              n_features: int, record: dict[str, Any]) -> dict[str, Any]:
-    """The backend's model files, ``qatune.yaml`` (config + what inference needs), metrics, history and the
-    task's evaluation files."""
+              n_features: int, record: dict[str, Any], base_model: str) -> dict[str, Any]:
+    """The backend's model files, ``qatune.yaml`` (config + what inference needs), metrics, history, the
+    task's evaluation files and the manifest of everything written."""
+    before = set(os.listdir(out))
     backend.save_run(model, tokenizer, out)
-    save_config(cfg, out / RUN_CONFIG, extra={
-        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": backend.resolve_model(cfg.model),
+    # `model` keeps what the user typed; `base_model_path` is what it meant here and now (absolute for a local
+    # folder): a PEFT run loads its base from that path, never from a relative path under another directory
+    tmp_config = out / f".{RUN_CONFIG}.tmp"
+    save_config(cfg, tmp_config, extra={
+        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": base_model,
         **record, "precision_used": precision,
     })
+    os.replace(tmp_config, out / RUN_CONFIG)
     metrics: dict[str, Any] = dict(last_eval.metrics) if last_eval is not None else {}
     metrics.update({
         "method": cfg.method, "epochs": cfg.epochs, "train_questions": n_questions, "train_features": n_features,
@@ -444,4 +518,7 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
     if last_eval is not None:
         for name, data in last_eval.files.items():
             write_json(out / name, data)
+    # the manifest: exactly what this run wrote, so --overwrite later removes these and nothing else
+    written = {*RUN_FILES, *(last_eval.files if last_eval is not None else ())}
+    rundir.record(out, "run", (set(os.listdir(out)) - before) | {n for n in written if (out / n).exists()})
     return metrics

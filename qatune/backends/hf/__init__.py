@@ -12,6 +12,8 @@ from typing import Any
 
 from qatune.errors import ConfigError, ModelError
 
+RUN_CONFIG = "qatune.yaml"  # the run's config file (qatune.artifacts.RUN_CONFIG), named in messages
+
 # task head kind -> (transformers auto class, PEFT task type)
 HEADS: dict[str, tuple[str, str]] = {
     "question_answering": ("AutoModelForQuestionAnswering", "QUESTION_ANS"),
@@ -77,18 +79,42 @@ class HFBackend:
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
 
-    def base_model_of(self, run_cfg: dict[str, Any]) -> str:
-        """The run's base model: its ``model`` (alias, hub id or a path valid from here), else the absolute
-        ``base_model_path`` recorded at training time (a relative ``--model`` path from another directory)."""
+    def base_model_of(self, run_cfg: dict[str, Any], run_dir: str | Path | None = None) -> str:
+        """The run's base model, as recorded at training time: never what a relative path means from here.
+
+        ``model`` is what the user typed; ``base_model_path`` is what it resolved to when the run was trained
+        (absolute for a local folder). An alias resolves afresh (the embedded model's package may have moved);
+        a local base model loads from its recorded absolute path only, so a different model that happens to
+        sit at the same relative path under the current directory is never picked up.
+        """
+        from qatune.backends.hf.models import ALIASES
+
         name = str(run_cfg.get("model") or "")
-        saved = run_cfg.get("base_model_path")
-        if self.known_model(name):
+        saved = str(run_cfg.get("base_model_path") or "")
+        where = f"{Path(run_dir) / RUN_CONFIG}" if run_dir is not None else RUN_CONFIG
+        if name in ALIASES:
             return name
-        if saved and Path(str(saved)).expanduser().exists():
-            return str(saved)
+        if saved and Path(saved).expanduser().is_absolute():
+            if Path(saved).expanduser().exists():
+                return saved
+            raise ModelError(f"the run's base model {saved} (given as --model {name or saved} at training time, "
+                             f"recorded in {where}) no longer exists; put the base model back at that path, or set "
+                             "base_model_path in that file to where it is now")
+        if saved:
+            return saved  # a hub id
         if not name:
-            raise ModelError("the run's qatune.yaml names no base model ('model'); retrain into a new --output")
-        return name
+            raise ModelError(f"{where} names no base model ('model'); retrain into a new --output")
+        return name  # a run of an older version that recorded no base_model_path
+
+    @staticmethod
+    def missing_run_files(path: Path, peft: bool) -> list[str]:
+        """The weight/config files a run needs that are not there (a partly deleted or copied run dir)."""
+        if peft:
+            needed = [("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")]
+        else:
+            needed = [("config.json",), ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")]
+        needed.append(("tokenizer_config.json",))
+        return [names[0] for names in needed if not any((path / n).is_file() for n in names)]
 
     def load_run(self, run_dir: Path, run_config: dict[str, Any], spec: Any, method: Any, merge: bool = True,
                  attention_dropout: float | None = 0.0) -> tuple[Any, Any]:
@@ -96,13 +122,17 @@ class HFBackend:
 
         path = Path(run_dir)
         auto_class, _ = self._head(spec)
+        missing = self.missing_run_files(path, method.is_peft)
+        if missing:
+            raise ModelError(f"run directory {path} is incomplete: {', '.join(missing)} is missing (deleted or not "
+                             "copied); restore it, or retrain with `qatune train --output DIR`")
         tokenizer = load_tokenizer(str(path), needs_offsets=spec.needs_offsets)
         if not method.is_peft:
             model = load_model_for_task(str(path), auto_class, attention_dropout=attention_dropout)
         else:
             from peft import PeftModel
 
-            base_name = self.base_model_of(run_config)
+            base_name = self.base_model_of(run_config, path)
             base = load_model_for_task(base_name, auto_class, attention_dropout=attention_dropout,
                                        head_options=dict(spec.head_options))
             try:

@@ -33,6 +33,8 @@ class ExtractiveQATask:
     export_signature = ExportSignature(inputs=("input_ids", "attention_mask", "token_type_ids"),
                                        outputs=("start_logits", "end_logits"))
     run_files = ("predictions.json", "na_probs.json")
+    # options that change evaluation only: free to change between a checkpoint and --resume
+    eval_only_options = frozenset({"n_best", "max_answer_length", "null_threshold", "version_2"})
     report = ReportSpec(
         columns=(ReportColumn("exact_match", "EM (%)", _pct), ReportColumn("f1", "F1 (%)", _pct)),
         primary="f1",
