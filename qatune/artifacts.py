@@ -86,7 +86,8 @@ def load_trained_model(run_dir: str | os.PathLike, merge: bool = True, attention
     tokenizer = load_tokenizer(str(path))
     method = registry.get(run_cfg.get("method", "full"))
     if not method.is_peft:
-        model = load_model_for_task(str(path), task.auto_class, attention_dropout=attention_dropout)
+        model = load_model_for_task(str(path), task.auto_class, attention_dropout=attention_dropout,
+                                    head_expected=True)
     else:
         from peft import PeftModel
 
