@@ -99,7 +99,8 @@ def load_trained_model(run_dir: str | os.PathLike, merge: bool = True, attention
                          "copied); restore it, or retrain with `qatune train --output DIR`")
     tokenizer = load_tokenizer(str(path))
     if not method.is_peft:
-        model = load_model_for_task(str(path), task.auto_class, attention_dropout=attention_dropout)
+        model = load_model_for_task(str(path), task.auto_class, attention_dropout=attention_dropout,
+                                    head_expected=True)
     else:
         from peft import PeftModel
 
