@@ -11,6 +11,9 @@ from typing import Any
 
 from qatune.errors import ConfigError
 from qatune.methods.base import Method, registry
+from qatune.ranges import Range
+
+_VIRTUAL = Range(1, why="virtual tokens prepended to every window, e.g. 20")
 
 
 def _prompt_method(config_cls_name: str):
@@ -29,6 +32,7 @@ registry.register(Method(
     learning_rate=1e-2,
     build=_prompt_method("PrefixTuningConfig"),
     defaults={"num_virtual_tokens": 20, "prefix_projection": False},
+    ranges={"num_virtual_tokens": _VIRTUAL},
     mergeable=False,
     virtual_tokens=True,
 ))
@@ -39,6 +43,7 @@ registry.register(Method(
     learning_rate=1e-2,
     build=_prompt_method("PromptEncoderConfig"),
     defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128},
+    ranges={"num_virtual_tokens": _VIRTUAL, "encoder_hidden_size": Range(1, why="the prompt encoder's width")},
     mergeable=False,
     virtual_tokens=True,
 ))
@@ -49,6 +54,7 @@ registry.register(Method(
     learning_rate=3e-2,
     build=_prompt_method("PromptTuningConfig"),
     defaults={"num_virtual_tokens": 20},
+    ranges={"num_virtual_tokens": _VIRTUAL},
     mergeable=False,
     virtual_tokens=True,
 ))
@@ -66,7 +72,7 @@ def _passthrough(model: Any, options: dict[str, Any], task_type: str) -> Any:
                           "(e.g. AdaLoraConfig, VeraConfig, BOFTConfig)")
     try:
         config = config_cls(task_type=task_type, **opts)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # PEFT checks its own values (e.g. r > 0) with ValueError
         raise ConfigError(f"method 'peft' ({name}): {exc}") from None
     return peft.get_peft_model(model, config)
 
