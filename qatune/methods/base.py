@@ -76,3 +76,19 @@ class MethodRegistry:
 
 
 registry = MethodRegistry()
+
+
+def build_peft(method: str, model: Any, config_cls: Any, **kwargs: Any) -> Any:
+    """``get_peft_model(model, config_cls(**kwargs))``, with PEFT's own refusals of the user's options (a target
+    module the model lacks, ``r=0`` through the passthrough, an unknown argument) as a one-line ConfigError
+    naming the method, instead of an internal error."""
+    import peft
+
+    try:
+        config = config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"method '{method}' ({config_cls.__name__}): {exc}") from None
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"method '{method}': PEFT cannot apply these options to the model: {exc}") from None

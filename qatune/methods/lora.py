@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qatune.methods.base import Method, registry
+from qatune.methods.base import Method, build_peft, registry
 from qatune.ranges import Range
 
 
@@ -55,7 +55,7 @@ def _lora_like(config_cls_name: str):
             kwargs["alpha"] = opts.pop("alpha")
             kwargs["rank_dropout"] = opts.pop("dropout")
         kwargs.update(opts)
-        return peft.get_peft_model(model, config_cls(**kwargs))
+        return build_peft(config_cls_name.removesuffix("Config").lower(), model, config_cls, **kwargs)
 
     return build
 
