@@ -191,6 +191,22 @@ def test_subprocess_nonsense_value_exits_2_without_traceback(tmp_path: Path) -> 
         "qatune: error: config key 'learning_rate': nan is not a valid finite number"]
 
 
+@pytest.mark.parametrize("overrides, fragments", [
+    (["max_seq_length=600", "doc_stride=64"], ["'max_seq_length': 600 is more than the 512 positions model",
+                                                "use max_seq_length <= 512"]),
+    (["method=ptuning", "ptuning.num_virtual_tokens=450"],
+     ["'max_seq_length': 128 + 450 virtual tokens of ptuning is more than the 512 positions",
+      "use max_seq_length <= 62 or fewer ptuning.num_virtual_tokens"]),
+], ids=["window", "window-plus-virtual-tokens"])
+def test_window_longer_than_the_model_is_refused(capsys, tmp_path: Path, tiny_model_dir: Path,
+                                                 overrides: list[str], fragments: list[str]) -> None:
+    """Past the model's positions training used to die with a tensor size mismatch at the first long window."""
+    rc, _, err = cli(capsys, "train", "--model", tiny_model_dir, "--train", SAMPLE / "train.json",
+                     "--max-train-samples", "4", "--output", tmp_path / "run", "--no-tracking", "--no-eval",
+                     "--no-progress", "max_seq_length=128", *overrides)
+    assert_refused(rc, err, *fragments)
+
+
 # ---------------------------------------------------------------------------------------------------
 # --device: auto/cpu/cuda/cuda:N only; an explicit cuda without a GPU is an error, never a CPU run
 

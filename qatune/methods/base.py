@@ -29,6 +29,7 @@ class Method:
     mergeable: bool = True
     ranges: dict[str, Range] = field(default_factory=dict)  # numeric options: allowed values (qatune.ranges)
     virtual_tokens: bool = False  # prepends virtual tokens (prefix/prompt methods)
+    takes_positions: bool = False  # the virtual tokens occupy input positions (prompt, P-tuning; not prefix)
     is_peft: bool = True
 
 

@@ -45,6 +45,7 @@ registry.register(Method(
     ranges={"num_virtual_tokens": _VIRTUAL, "encoder_hidden_size": Range(1, why="the prompt encoder's width")},
     mergeable=False,
     virtual_tokens=True,
+    takes_positions=True,
 ))
 
 registry.register(Method(
@@ -56,6 +57,7 @@ registry.register(Method(
     ranges={"num_virtual_tokens": _VIRTUAL},
     mergeable=False,
     virtual_tokens=True,
+    takes_positions=True,
 ))
 
 
