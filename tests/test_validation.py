@@ -386,6 +386,14 @@ def test_score_na_probs_must_be_finite_numbers(capsys, tmp_path: Path, value: st
     assert out == ""
 
 
+def test_score_na_prob_thresh_must_be_finite(capsys, tmp_path: Path) -> None:
+    data = write(tmp_path / "dev.json", squad("2.0", qa("q1")))
+    preds = write(tmp_path / "preds.json", {"q1": "green bottles"})
+    rc, out, err = cli(capsys, "score", "--data", data, "--predictions", preds, "--na-prob-thresh", "nan")
+    assert_refused(rc, err, "--na-prob-thresh must be a finite number, got nan")
+    assert out == ""
+
+
 def test_score_output_is_strict_json(capsys, tmp_path: Path) -> None:
     data = write(tmp_path / "dev.json", squad("2.0", qa("q1"), qa("q2", None, is_impossible=True)))
     preds = write(tmp_path / "preds.json", {"q1": "green bottles", "q2": "canal"})

@@ -15,7 +15,7 @@ from qatune.errors import ConfigError, DataError
 
 def _read_json_map(path: str, what: str) -> dict[str, Any]:
     """A JSON object file read through the shared safe parser, errors naming the file."""
-    from qatune.data.jsonio import parse_json
+    from qatune.data.jsonio import parse_json, unreadable
 
     p = Path(path)
     if not p.is_file():
@@ -25,7 +25,7 @@ def _read_json_map(path: str, what: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{what} file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
     except (UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"{what} file {p} cannot be read as UTF-8 text ({exc})") from None
+        raise unreadable(f"{what} file {p}", exc) from None
     if not isinstance(data, dict):
         raise DataError(f"{what} file {p} must be a JSON object mapping question id -> value, "
                         f"got a {type(data).__name__}")

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from qatune.errors import DataError
 
-__all__ = ["open_text", "parse_json", "read_json_file", "short_repr"]
+__all__ = ["open_text", "parse_json", "read_json_file", "short_repr", "unreadable"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # a \uD800-\uDFFF escape in the raw text: the only way a surrogate gets into a str decoded from UTF-8
@@ -43,6 +43,14 @@ def open_text(path: Path) -> IO[str]:
     if magic == _GZIP_MAGIC:
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return path.open("r", encoding="utf-8-sig", newline="")
+
+
+def unreadable(label: str, exc: BaseException) -> DataError:
+    """The error for a file that cannot be decoded (bad UTF-8, broken gzip, I/O error)."""
+    return DataError(
+        f"{label}: cannot be read as UTF-8 text ({type(exc).__name__}: {exc}). "
+        "The file may be truncated, binary or in another encoding; re-download it or save it as UTF-8."
+    )
 
 
 def parse_json(text: str, where: str) -> Any:
@@ -74,10 +82,7 @@ def read_json_file(path: Path, label: str) -> Any:
         with open_text(path) as fh:
             text = fh.read()
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise DataError(
-            f"{label}: cannot be read as UTF-8 text ({type(exc).__name__}: {exc}). "
-            "The file may be truncated, binary or in another encoding; re-download it or save it as UTF-8."
-        ) from exc
+        raise unreadable(label, exc) from exc
     try:
         return parse_json(text, label)
     except json.JSONDecodeError as exc:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qatune.data.jsonio import open_text, parse_json, read_json_file, short_repr
+from qatune.data.jsonio import open_text, parse_json, read_json_file, short_repr, unreadable
 from qatune.data.types import Answer, LoadReport, QAExample
 from qatune.errors import ConfigError, DataError
 
@@ -223,13 +223,6 @@ def _iter_file(path: Path, label: str, declared: dict[str, str]) -> Iterator[_Re
 # Readers: each yields (where, record, fallback id)
 
 
-def _unreadable(label: str, exc: BaseException) -> DataError:
-    return DataError(
-        f"{label}: cannot be read as UTF-8 text ({type(exc).__name__}: {exc}). "
-        "The file may be truncated, binary or in another encoding; re-download it or save it as UTF-8."
-    )
-
-
 def _missing_data_message(label: str, document: Any) -> str:
     found = (
         f"found keys {sorted(document)[:10]}"
@@ -349,7 +342,7 @@ def _iter_jsonl(path: Path, label: str) -> Iterator[_Record]:
                 n += 1
                 yield f"line {line_no}", record, f"row-{n}"
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
+        raise unreadable(label, exc) from exc
 
 
 def _require_columns(label: str, columns: list[str]) -> None:
@@ -378,7 +371,7 @@ def _iter_csv(path: Path, label: str) -> Iterator[_Record]:
     except csv.Error as exc:
         raise DataError(f"{label}: not valid CSV ({exc}). Check the quoting around that line.") from exc
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
+        raise unreadable(label, exc) from exc
 
 
 def _decode_cell(cell: str | None, label: str, where: str) -> Any:
