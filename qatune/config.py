@@ -7,6 +7,7 @@ naming the key, instead of failing deep inside training.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import yaml
 
 from qatune.errors import ConfigError
+from qatune.ranges import Range
+from qatune.runtime import check_device
 
 
 @dataclass
@@ -58,7 +61,7 @@ class TrainConfig:
     run_name: str | None = None
     cache_dir: str | None = None
     num_threads: int | None = None
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
     debug: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -92,6 +95,8 @@ def _convert(key: str, value: Any, kind: str) -> Any:
         except ValueError:
             raise _type_error(key, value, kind) from None
         if kind == "float":
+            if not math.isfinite(number):
+                raise _type_error(key, value, "finite number")
             return number
         if isinstance(value, str):
             try:
@@ -216,8 +221,8 @@ def _method_section(name: str, options: Any, source: str) -> dict[str, Any]:
             out[opt] = value
         else:
             out[opt] = _convert(key, value, kind)
-            if opt == "layers" and out[opt] < 1:
-                raise ConfigError(f"config key '{key}' must be >= 1 (train only the last N layers), got {value!r}")
+            if opt in method.ranges:
+                method.ranges[opt].check(key, out[opt])
     return out
 
 
@@ -241,22 +246,44 @@ def _auto_doc_stride(max_seq_length: Any, default: int) -> Any:
     return max(0, min(default, max_seq_length // 4, _max_doc_stride(max_seq_length)))
 
 
+# the numeric settings and what makes sense for each; None (unset) always passes
+RANGES: dict[str, Range] = {
+    "epochs": Range(1, why="passes over the training data"),
+    "batch_size": Range(1, why="windows per training step and process"),
+    "eval_batch_size": Range(1, why="windows per evaluation forward pass"),
+    "grad_accum": Range(1, why="batches accumulated per optimizer step"),
+    "learning_rate": Range(0, low_open=True, why="the peak learning rate, e.g. 2e-3 for LoRA, 1e-4 for full"),
+    "weight_decay": Range(0, why="AdamW weight decay, e.g. 0.01"),
+    "warmup_ratio": Range(0, 1, why="the fraction of optimizer steps spent warming up, e.g. 0.1"),
+    "max_grad_norm": Range(0, low_open=True, why="the gradient clipping norm; 0 would zero every update"),
+    "seed": Range(0, 2**31 - 1, why="the random seed"),
+    "max_seq_length": Range(_PAIR_SPECIAL_TOKENS + 2,
+                            why="tokens per window: special tokens, question and context must fit"),
+    "n_best": Range(1, why="start/end candidates kept per window"),
+    "max_answer_length": Range(1, why="the longest answer in tokens"),
+    "attention_dropout": Range(0, 1, high_open=True, why="a dropout probability"),
+    "save_steps": Range(0, why="checkpoint every N optimizer steps; 0 = at epoch ends only"),
+    "stop_after_steps": Range(1, why="optimizer steps before a resumable stop"),
+    "max_train_samples": Range(1, why="the first N training questions"),
+    "max_eval_samples": Range(1, why="the first N evaluation questions"),
+    "num_threads": Range(1, why="CPU threads for PyTorch"),
+}
+
+
 def validate(cfg: TrainConfig) -> None:
+    """Every value in its allowed range, with a one-line ConfigError naming the key, value and range."""
     from qatune.methods import registry
 
     registry.get(cfg.method)  # raises a ConfigError listing the methods
     for name in ("model", "output", "task"):
         if not getattr(cfg, name):
             raise ConfigError(f"config key '{name}' must not be empty")
-    if cfg.epochs <= 0:
-        raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
-    for name in ("batch_size", "eval_batch_size", "grad_accum", "max_seq_length", "n_best", "max_answer_length"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    limit = _max_doc_stride(cfg.max_seq_length)
-    if limit < 0:
-        raise ConfigError(f"max_seq_length must be at least {_PAIR_SPECIAL_TOKENS + 2} (special tokens, question "
-                          f"and context), got {cfg.max_seq_length}")
+    for name, allowed in RANGES.items():
+        allowed.check(name, getattr(cfg, name))
+    if cfg.null_threshold is not None and not math.isfinite(cfg.null_threshold):
+        raise ConfigError(f"config key 'null_threshold': {cfg.null_threshold!r} is not a finite number")
+    check_device(cfg.device)
+    limit = _max_doc_stride(cfg.max_seq_length)  # >= 0: max_seq_length is in range
     if not 0 <= cfg.doc_stride <= limit:
         raise ConfigError(f"doc_stride must be in [0, {limit}] for max_seq_length={cfg.max_seq_length} (each "
                           f"window needs special tokens, the question and new context beyond the overlap), got "
@@ -264,10 +291,6 @@ def validate(cfg: TrainConfig) -> None:
                           "raise max_seq_length")
     if cfg.precision not in {"auto", "bf16", "fp32"}:
         raise ConfigError(f"precision must be auto, bf16 or fp32, got '{cfg.precision}'")
-    for name in ("max_train_samples", "max_eval_samples"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:

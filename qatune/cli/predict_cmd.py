@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -63,6 +64,8 @@ def _context(args: argparse.Namespace) -> str:
 # -- batch mode ---------------------------------------------------------------------------------------
 def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
     """``(id, question, context)`` per non-blank line; any bad line is a DataError naming file and line."""
+    from qatune.data.jsonio import parse_json
+
     src = Path(path)
     try:
         raw = src.read_bytes()
@@ -85,7 +88,7 @@ def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = parse_json(line, where)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
                             '{"id": ..., "question": ..., "context": ...} object') from None
@@ -104,6 +107,8 @@ def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
             qid = n
         if isinstance(qid, bool) or not isinstance(qid, (str, int, float)):
             raise DataError(f"{where}: field 'id' must be a string or a number, got {type(qid).__name__}")
+        if isinstance(qid, float) and not math.isfinite(qid):
+            raise DataError(f"{where}: field 'id' is {qid}; give a string or a finite number")
         if qid in seen:
             raise DataError(f"{where}: id {qid!r} was already used on line {seen[qid]}; ids must be unique")
         seen[qid] = n

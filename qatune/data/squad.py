@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
-import gzip
 import itertools
 import json
 import math
@@ -24,19 +23,25 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from qatune.data.jsonio import open_text, parse_json, read_json_file, short_repr, unreadable
 from qatune.data.types import Answer, LoadReport, QAExample
 from qatune.errors import ConfigError, DataError
 
-__all__ = ["examples_to_squad_json", "load_qa_examples", "load_squad_dataset_json"]
+__all__ = [
+    "declared_version",
+    "examples_to_squad_json",
+    "load_qa_examples",
+    "load_squad_dataset_json",
+    "load_squad_for_scoring",
+]
 
 # (where, record, fallback id): "where" locates the record for error messages; the fallback id is used
 # when the record has no id (None for SQuAD JSON, where an id is required).
 _Record = tuple[str, dict[str, Any], "str | None"]
 
 _FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-_GZIP_MAGIC = b"\x1f\x8b"
 _LOCAL_ACCEPTED = (
     "a SQuAD .json/.json.gz file, a .jsonl/.jsonl.gz, .csv or .parquet file with id, question, context and "
     "answers columns, or a folder written by datasets' save_to_disk"
@@ -58,8 +63,9 @@ def load_qa_examples(
     limit = _check_max_samples(max_samples)
     label = os.fspath(source)
     path = Path(label).expanduser()
-    records, notes = _open_source(path, label, split, limit)
-    builder = _Builder(label, notes)
+    declared: dict[str, str] = {}  # filled by the SQuAD JSON reader before its first record
+    records, notes = _open_source(path, label, split, limit, declared)
+    builder = _Builder(label, notes, declared)
     with contextlib.closing(records) as stream:
         for where, record, fallback_id in itertools.islice(stream, limit):
             builder.add(where, record, fallback_id)
@@ -67,16 +73,23 @@ def load_qa_examples(
 
 
 def load_squad_dataset_json(source: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Return the raw SQuAD ``data`` article list, as the official scorers expect it.
+    """Return the raw SQuAD ``data`` article list, as the official scorers expect it (see
+    :func:`load_squad_for_scoring`, which also returns the declared version)."""
+    return load_squad_for_scoring(source)[0]
+
+
+def load_squad_for_scoring(source: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], str | None]:
+    """The raw SQuAD ``data`` article list and the file's declared version ("1.1", "2.0" or None).
 
     Kept separate from :func:`load_qa_examples` because the scorer must see the answers exactly as
-    written (no repairs, no drops).
+    written (no repairs, no drops). Every field the scorer reads is checked here, so a malformed file is
+    a :class:`DataError` naming the question, never a ``KeyError`` halfway through scoring.
     """
     label = os.fspath(source)
     path = Path(label).expanduser()
     if not path.is_file():
         raise DataError(f"{label}: no such file. Pass a SQuAD JSON file (.json or .json.gz).")
-    document = _read_json(path, label)
+    document = read_json_file(path, label)
     if not isinstance(document, dict) or "data" not in document:
         raise DataError(_missing_data_message(label, document))
     data = document["data"]
@@ -85,7 +98,31 @@ def load_squad_dataset_json(source: str | os.PathLike[str]) -> list[dict[str, An
             f"{label}: field 'data' is a {type(data).__name__}, not a list of articles. "
             'SQuAD JSON looks like {"version": ..., "data": [{"title": ..., "paragraphs": [...]}]}.'
         )
-    return data
+    version = declared_version(document.get("version"))
+    for where, qa, _ in _iter_articles(data, label):
+        qid = qa.get("id")
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not str(qid).strip():
+            raise DataError(f"{label}: {where}: field 'id' is {short_repr(qid)}; every question needs a string id "
+                            "(predictions are matched to questions by id).")
+        where = f'{where} (id "{qid}")'
+        answers = qa.get("answers", [])
+        if not isinstance(answers, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("text"), str) for a in answers
+        ):
+            raise DataError(f"{label}: {where}: field 'answers' must be a list of {{text, answer_start}} objects "
+                            f"whose text is a string, got {short_repr(answers)}.")
+        if version == "1.1" and (qa.get("is_impossible") is True or not answers):
+            raise DataError(f"{label}: {where}: {_v11_unanswerable(qa.get('is_impossible') is True)}")
+    return data, version
+
+
+def _v11_unanswerable(flagged: bool) -> str:
+    """Why a declared-v1.1 file may not hold an unanswerable question: one such record must not turn the
+    whole file into v2.0 data (v2 scoring, a no-answer threshold tuned on the same questions)."""
+    what = "is marked is_impossible" if flagged else "has no answers (answers: [])"
+    return (f'the question {what}, but the file declares "version": "1.1", where every question has an '
+            'answer. Give its answer, remove the question, or declare "version": "2.0" if the file holds '
+            "unanswerable questions.")
 
 
 def examples_to_squad_json(examples: list[QAExample], version: str) -> dict[str, Any]:
@@ -94,7 +131,7 @@ def examples_to_squad_json(examples: list[QAExample], version: str) -> dict[str,
     Articles are grouped by title and paragraphs by (title, context), in order of first appearance.
     ``is_impossible`` is written for every question in a v2 file and for unanswerable ones in v1.1.
     """
-    is_v2 = version.lstrip("vV").startswith("2")
+    is_v2 = declared_version(version) == "2.0"
     data: list[dict[str, Any]] = []
     articles: dict[str, dict[str, Any]] = {}
     paragraphs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -133,14 +170,14 @@ def _check_max_samples(max_samples: int | None) -> int | None:
 
 
 def _open_source(
-    path: Path, label: str, split: str | None, limit: int | None
+    path: Path, label: str, split: str | None, limit: int | None, declared: dict[str, str]
 ) -> tuple[Iterator[_Record], list[str]]:
     """Pick the reader for ``path``; fall back to the hub only for names that cannot be local paths."""
     if path.is_dir():
         dataset, notes = _load_saved_dataset(path, label, split)
         return _iter_dataset(dataset, limit), notes
     if path.is_file():
-        return _iter_file(path, label), []
+        return _iter_file(path, label, declared), []
     if _looks_local(label, path):
         raise DataError(
             f"{label}: no such file or directory (looked for {path.resolve()}). "
@@ -167,10 +204,10 @@ def _format_of(path: Path) -> str | None:
     return _FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def _iter_file(path: Path, label: str) -> Iterator[_Record]:
+def _iter_file(path: Path, label: str, declared: dict[str, str]) -> Iterator[_Record]:
     kind = _format_of(path)
     if kind == "json":
-        return _iter_json(path, label)
+        return _iter_json(path, label, declared)
     if kind == "jsonl":
         return _iter_jsonl(path, label)
     if kind == "csv":
@@ -186,35 +223,6 @@ def _iter_file(path: Path, label: str) -> Iterator[_Record]:
 # Readers: each yields (where, record, fallback id)
 
 
-def _open_text(path: Path) -> IO[str]:
-    """Open as UTF-8 text, transparently un-gzipping (by content, so a mislabelled .json.gz still works)."""
-    with path.open("rb") as fh:
-        magic = fh.read(2)
-    if magic == _GZIP_MAGIC:
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return path.open("r", encoding="utf-8-sig", newline="")
-
-
-def _unreadable(label: str, exc: BaseException) -> DataError:
-    return DataError(
-        f"{label}: cannot be read as UTF-8 text ({type(exc).__name__}: {exc}). "
-        "The file may be truncated, binary or in another encoding; re-download it or save it as UTF-8."
-    )
-
-
-def _read_json(path: Path, label: str) -> Any:
-    try:
-        with _open_text(path) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{label}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}. "
-            "Fix the file there (a truncated download or a hand edit is the usual cause) or re-download it."
-        ) from exc
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
-
-
 def _missing_data_message(label: str, document: Any) -> str:
     found = (
         f"found keys {sorted(document)[:10]}"
@@ -228,10 +236,13 @@ def _missing_data_message(label: str, document: Any) -> str:
     )
 
 
-def _iter_json(path: Path, label: str) -> Iterator[_Record]:
-    """SQuAD JSON; also a JSON list of flat records, and JSON Lines saved as .json (datasets' to_json)."""
+def _iter_json(path: Path, label: str, declared: dict[str, str]) -> Iterator[_Record]:
+    """SQuAD JSON; also a JSON list of flat records, and JSON Lines saved as .json (datasets' to_json).
+
+    A SQuAD document's ``version`` ("1.1", "v2.0") goes into ``declared["version"]`` before the first record.
+    """
     try:
-        document = _read_json(path, label)
+        document = read_json_file(path, label)
     except DataError as err:
         cause = err.__cause__
         if (
@@ -250,6 +261,9 @@ def _iter_json(path: Path, label: str) -> Iterator[_Record]:
     data = document["data"]
     if not isinstance(data, list):
         raise DataError(f"{label}: field 'data' is a {type(data).__name__}, not a list of articles.")
+    version = declared_version(document.get("version"))
+    if version is not None:
+        declared["version"] = version
     if data and isinstance(data[0], dict) and "paragraphs" not in data[0] and "question" in data[0]:
         # {"data": [flat records]}, the layout datasets' json loader reads with field="data"
         yield from _iter_flat(data, label, "data")
@@ -258,10 +272,10 @@ def _iter_json(path: Path, label: str) -> Iterator[_Record]:
 
 
 def _first_line_is_object(path: Path) -> bool:
-    with contextlib.suppress(Exception), _open_text(path) as fh:
+    with contextlib.suppress(Exception), open_text(path) as fh:
         for line in fh:
             if line.strip():
-                return isinstance(json.loads(line), dict)
+                return isinstance(parse_json(line, str(path)), dict)
     return False
 
 
@@ -309,12 +323,12 @@ def _iter_flat(items: list[Any], label: str, prefix: str) -> Iterator[_Record]:
 def _iter_jsonl(path: Path, label: str) -> Iterator[_Record]:
     n = 0
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             for line_no, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = parse_json(line, f"{label}: line {line_no}")
                 except json.JSONDecodeError as exc:
                     raise DataError(
                         f"{label}: line {line_no}: not valid JSON at column {exc.colno}: {exc.msg}. "
@@ -328,7 +342,7 @@ def _iter_jsonl(path: Path, label: str) -> Iterator[_Record]:
                 n += 1
                 yield f"line {line_no}", record, f"row-{n}"
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
+        raise unreadable(label, exc) from exc
 
 
 def _require_columns(label: str, columns: list[str]) -> None:
@@ -344,7 +358,7 @@ def _iter_csv(path: Path, label: str) -> Iterator[_Record]:
     """CSV rows; the answers cell holds JSON (or a Python literal, as pandas' to_csv writes it)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None:
                 return  # empty file: reported as "contains no questions"
@@ -357,14 +371,14 @@ def _iter_csv(path: Path, label: str) -> Iterator[_Record]:
     except csv.Error as exc:
         raise DataError(f"{label}: not valid CSV ({exc}). Check the quoting around that line.") from exc
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
+        raise unreadable(label, exc) from exc
 
 
 def _decode_cell(cell: str | None, label: str, where: str) -> Any:
     if cell is None or not cell.strip():
         return None  # reported as a missing 'answers' field
     try:
-        return json.loads(cell)
+        return parse_json(cell, f"{label}: {where}: field 'answers'")
     except json.JSONDecodeError:
         pass
     try:
@@ -469,9 +483,10 @@ class _FieldProblem(Exception):
 class _Builder:
     """Validates flat records and applies the repair/drop rules, so every format behaves the same."""
 
-    def __init__(self, label: str, notes: list[str]) -> None:
+    def __init__(self, label: str, notes: list[str], declared: dict[str, str] | None = None) -> None:
         self.label = label
         self.report = LoadReport(source=label, notes=list(notes))
+        self._declared = declared if declared is not None else {}
         self.examples: list[QAExample] = []
         self._seen: dict[str, str] = {}
         self._read = 0
@@ -487,7 +502,10 @@ class _Builder:
 
     def add(self, where: str, record: dict[str, Any], fallback_id: str | None) -> None:
         self._read += 1
-        qid = _id_text(record.get("id"))
+        try:
+            qid = _id_text(record.get("id"))
+        except _FieldProblem as exc:
+            raise self._fail(where, str(exc)) from exc
         if qid is None:
             if fallback_id is None:
                 raise self._fail(
@@ -516,7 +534,13 @@ class _Builder:
                 where,
                 "field 'context' is missing or empty. Every question needs the passage that holds its answer.",
             )
-        title = "" if record.get("title") is None else str(record["title"])
+        title = record.get("title")
+        if title is None:
+            title = ""
+        elif isinstance(title, (str, int, float)) and not isinstance(title, bool):
+            title = str(title)
+        else:
+            raise self._fail(where, f"field 'title' is {short_repr(title)}; give the article title as text.")
         try:
             flag = _parse_flag(record.get("is_impossible"))
         except _FieldProblem as exc:
@@ -532,6 +556,8 @@ class _Builder:
             pairs = _answer_pairs(raw_answers) if raw_answers is not None else []
         except _FieldProblem as exc:
             raise self._fail(where, str(exc)) from exc
+        if self._declared.get("version") == "1.1" and (flag is True or not pairs):
+            raise self._fail(where, _v11_unanswerable(flag is True))
 
         if flag is True or (flag is None and not pairs):
             if flag is True and pairs:
@@ -554,12 +580,12 @@ class _Builder:
         answers: list[Answer] = []
         for i, (text, start) in enumerate(pairs):
             if not isinstance(text, str):
-                raise self._fail(where, f"answers[{i}].text is {text!r}, not a string.")
+                raise self._fail(where, f"answers[{i}].text is {short_repr(text)}, not a string.")
             offset = _as_int(start)
             if offset is None:
                 raise self._fail(
                     where,
-                    f"answers[{i}].answer_start is {start!r}, not an integer. Give the character offset "
+                    f"answers[{i}].answer_start is {short_repr(start)}, not an integer. Give the character offset "
                     "where the answer text starts in the context.",
                 )
             if not text.strip():
@@ -596,7 +622,8 @@ class _Builder:
                 "Fix the answer texts and answer_start offsets."
             )
         report.questions = len(self.examples)
-        report.version = "2.0" if any(e.is_impossible for e in self.examples) else "1.1"
+        report.version = self._declared.get("version") or (
+            "2.0" if any(e.is_impossible for e in self.examples) else "1.1")
         notes = report.notes
         if self._generated_ids:
             notes.append(
@@ -636,10 +663,30 @@ def _ids(ids: list[str]) -> str:
 
 
 def _id_text(value: Any) -> str | None:
+    """The id as text; None when absent or empty. Lists, objects and non-finite numbers are refused."""
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return None  # an empty cell in a table
+        raise _FieldProblem(f"field 'id' is {value}; give a string or a whole number.")
+    if not isinstance(value, (str, int, float)):
+        raise _FieldProblem(f"field 'id' is {short_repr(value)}; give a string or a whole number.")
     text = str(value)
     return text if text.strip() else None
+
+
+def declared_version(value: Any) -> str | None:
+    """A SQuAD file's ``version`` field as "1.1" or "2.0" ("v2.0", 2 and "2.0" alike); None if absent or
+    not a SQuAD version, in which case the questions decide (any unanswerable one makes the data v2.0)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    text = str(value).strip().lstrip("vV")
+    if text[:1] == "1":
+        return "1.1"
+    if text[:1] == "2":
+        return "2.0"
+    return None
 
 
 def _parse_flag(value: Any) -> bool | None:
@@ -660,7 +707,7 @@ def _parse_flag(value: Any) -> bool | None:
             return True
         if lowered in ("false", "0", "no"):
             return False
-    raise _FieldProblem(f"field 'is_impossible' is {value!r}; use true or false.")
+    raise _FieldProblem(f"field 'is_impossible' is {short_repr(value)}; use true or false.")
 
 
 def _answer_pairs(value: Any) -> list[tuple[Any, Any]]:
@@ -670,7 +717,7 @@ def _answer_pairs(value: Any) -> list[tuple[Any, Any]]:
         if not isinstance(texts, (list, tuple)) or not isinstance(starts, (list, tuple)):
             raise _FieldProblem(
                 "field 'answers' must be a list of {text, answer_start} objects, or a mapping whose 'text' and "
-                f"'answer_start' are lists; got a mapping with text={texts!r:.60}. Wrap a single answer in [ ]."
+                f"'answer_start' are lists; got a mapping with text={short_repr(texts)}. Wrap a single answer in [ ]."
             )
         if len(texts) != len(starts):
             raise _FieldProblem(
@@ -683,13 +730,13 @@ def _answer_pairs(value: Any) -> list[tuple[Any, Any]]:
         for i, item in enumerate(value):
             if not isinstance(item, dict) or "text" not in item or "answer_start" not in item:
                 raise _FieldProblem(
-                    f"answers[{i}] must be an object with 'text' and 'answer_start', got {item!r:.80}."
+                    f"answers[{i}] must be an object with 'text' and 'answer_start', got {short_repr(item)}."
                 )
             pairs.append((item["text"], item["answer_start"]))
         return pairs
     raise _FieldProblem(
         f"field 'answers' must be a list of {{text, answer_start}} objects (or a "
-        f'{{"text": [...], "answer_start": [...]}} mapping), got {type(value).__name__} {value!r:.60}.'
+        f'{{"text": [...], "answer_start": [...]}} mapping), got {type(value).__name__} {short_repr(value)}.'
     )
 
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from qatune.methods.base import Method, registry
+from qatune.methods.base import Method, build_peft, registry
 
 
 def _build(model: Any, options: dict[str, Any], task_type: str) -> Any:
     import peft
 
     opts = dict(options)
-    config = peft.IA3Config(
+    return build_peft(
+        "ia3", model, peft.IA3Config,
         task_type=task_type,
         target_modules=opts.pop("target_modules", None),
         feedforward_modules=opts.pop("feedforward_modules", None),
         **opts,
     )
-    return peft.get_peft_model(model, config)
 
 
 registry.register(Method(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from qatune.methods.base import Method, registry
+from qatune.methods.base import Method, build_peft, registry
+from qatune.ranges import Range
 
 
 def _layers_to_transform(model: Any, last_n: int | None) -> list[int] | None:
@@ -54,9 +55,18 @@ def _lora_like(config_cls_name: str):
             kwargs["alpha"] = opts.pop("alpha")
             kwargs["rank_dropout"] = opts.pop("dropout")
         kwargs.update(opts)
-        return peft.get_peft_model(model, config_cls(**kwargs))
+        return build_peft(config_cls_name.removesuffix("Config").lower(), model, config_cls, **kwargs)
 
     return build
+
+
+def _lora_ranges(name: str) -> dict[str, Range]:
+    return {
+        "r": Range(1, why=f"the {name} adapter rank, e.g. 8"),
+        "alpha": Range(0, low_open=True, why=f"the {name} scaling numerator (scale = alpha / r), e.g. 16"),
+        "dropout": Range(0, 1, high_open=True, why="a dropout probability"),
+        "layers": Range(1, why="train only the last N layers"),
+    }
 
 
 registry.register(Method(
@@ -65,6 +75,7 @@ registry.register(Method(
     learning_rate=2e-3,  # measured best of 5e-4/1e-3/2e-3/3e-3 on MiniLM + SQuAD (docs/benchmarks.md)
     build=_lora_like("LoraConfig"),
     defaults={"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None, "layers": None},
+    ranges=_lora_ranges("LoRA"),
 ))
 
 registry.register(Method(
@@ -75,4 +86,5 @@ registry.register(Method(
     learning_rate=1e-2,
     build=_lora_like("LoHaConfig"),
     defaults={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None, "layers": None},
+    ranges=_lora_ranges("LoHa"),
 ))

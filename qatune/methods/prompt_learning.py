@@ -10,15 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from qatune.errors import ConfigError
-from qatune.methods.base import Method, registry
+from qatune.methods.base import Method, build_peft, registry
+from qatune.ranges import Range
+
+_VIRTUAL = Range(1, why="virtual tokens prepended to every window, e.g. 20")
 
 
-def _prompt_method(config_cls_name: str):
+def _prompt_method(name: str, config_cls_name: str):
     def build(model: Any, options: dict[str, Any], task_type: str) -> Any:
         import peft
 
-        config_cls = getattr(peft, config_cls_name)
-        return peft.get_peft_model(model, config_cls(task_type=task_type, **options))
+        return build_peft(name, model, getattr(peft, config_cls_name), task_type=task_type, **options)
 
     return build
 
@@ -27,8 +29,9 @@ registry.register(Method(
     name="prefix",
     description="prefix tuning (trainable key/value prefixes in every layer)",
     learning_rate=1e-2,
-    build=_prompt_method("PrefixTuningConfig"),
+    build=_prompt_method("prefix", "PrefixTuningConfig"),
     defaults={"num_virtual_tokens": 20, "prefix_projection": False},
+    ranges={"num_virtual_tokens": _VIRTUAL},
     mergeable=False,
     virtual_tokens=True,
 ))
@@ -37,20 +40,24 @@ registry.register(Method(
     name="ptuning",
     description="P-tuning: virtual tokens produced by a prompt encoder (MLP)",
     learning_rate=1e-2,
-    build=_prompt_method("PromptEncoderConfig"),
+    build=_prompt_method("ptuning", "PromptEncoderConfig"),
     defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128},
+    ranges={"num_virtual_tokens": _VIRTUAL, "encoder_hidden_size": Range(1, why="the prompt encoder's width")},
     mergeable=False,
     virtual_tokens=True,
+    takes_positions=True,
 ))
 
 registry.register(Method(
     name="prompt",
     description="prompt tuning (trainable virtual-token embeddings)",
     learning_rate=3e-2,
-    build=_prompt_method("PromptTuningConfig"),
+    build=_prompt_method("prompt", "PromptTuningConfig"),
     defaults={"num_virtual_tokens": 20},
+    ranges={"num_virtual_tokens": _VIRTUAL},
     mergeable=False,
     virtual_tokens=True,
+    takes_positions=True,
 ))
 
 
@@ -64,11 +71,7 @@ def _passthrough(model: Any, options: dict[str, Any], task_type: str) -> Any:
     if config_cls is None:
         raise ConfigError(f"method 'peft' needs peft_type: the name of a PEFT config class, got {name!r} "
                           "(e.g. AdaLoraConfig, VeraConfig, BOFTConfig)")
-    try:
-        config = config_cls(task_type=task_type, **opts)
-    except TypeError as exc:
-        raise ConfigError(f"method 'peft' ({name}): {exc}") from None
-    return peft.get_peft_model(model, config)
+    return build_peft("peft", model, config_cls, task_type=task_type, **opts)
 
 
 registry.register(Method(

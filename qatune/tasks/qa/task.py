@@ -69,6 +69,27 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
                         null_threshold=null_threshold)
 
 
+def check_window_fits(tokenizer: Any, cfg: Any) -> None:
+    """``max_seq_length`` plus the virtual tokens of prompt/P-tuning must fit the model's positions (the
+    tokenizer's ``model_max_length``); past it, training dies with a tensor size mismatch at the first long
+    window, possibly mid-epoch. Tokenizers that do not know their limit are not checked."""
+    from qatune.errors import ConfigError
+    from qatune.methods import registry
+
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(limit, int) or limit > 1_000_000:  # unset: transformers' VERY_LARGE_INTEGER
+        return
+    method, _ = registry.resolve(cfg.method)
+    virtual = 0
+    if method.takes_positions:
+        virtual = int(registry.options(cfg.method, cfg.options_for(method.name)).get("num_virtual_tokens") or 0)
+    if cfg.max_seq_length + virtual > limit:
+        plus = f" + {virtual} virtual tokens of {method.name}" if virtual else ""
+        raise ConfigError(f"config key 'max_seq_length': {cfg.max_seq_length}{plus} is more than the {limit} "
+                          f"positions model {cfg.model} has; use max_seq_length <= {limit - virtual}"
+                          + (f" or fewer {method.name}.num_virtual_tokens" if virtual else ""))
+
+
 class ExtractiveQATask:
     name = "extractive_qa"
     auto_class = "AutoModelForQuestionAnswering"
@@ -81,6 +102,7 @@ class ExtractiveQATask:
 
     def features(self, examples: Sequence[QAExample], tokenizer: Any, cfg: Any, progress: bool = True
                  ) -> QAFeatures:
+        check_window_fits(tokenizer, cfg)
         return build_features(examples, tokenizer, cfg.max_seq_length, cfg.doc_stride, training=True,
                               cache_dir=cfg.cache_dir, progress=progress)
 
