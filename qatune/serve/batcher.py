@@ -222,7 +222,7 @@ class MicroBatcher:
         self.stats = BatcherStats()
         self._pending: list[_Job] = []  # submitted, not yet taken by the consumer
         self._active: list[_Job] = []  # taken: being tokenized / computed
-        self._in_step: set[int] = set()  # ids of the jobs the running step works on
+        self._in_step: set[int] = set()  # ids of the jobs the running step computes windows of
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -270,7 +270,7 @@ class MicroBatcher:
 
     @property
     def queued(self) -> int:
-        """Requests submitted, not yet answered and not in the step running."""
+        """Requests submitted, not yet answered and not being computed in the step running."""
         return sum(1 for j in itertools.chain(self._pending, self._active)
                    if not j.dropped and id(j) not in self._in_step)
 
@@ -358,7 +358,6 @@ class MicroBatcher:
             jobs = list(self._active)
             assert self._executor is not None
             self._busy = True
-            self._in_step = {id(j) for j in jobs}
             t0 = time.perf_counter()
             try:
                 windows = await loop.run_in_executor(self._executor, self._step, jobs)
@@ -398,6 +397,7 @@ class MicroBatcher:
         if not self.enabled:
             live = sorted(live, key=lambda j: (j.remaining, j.seq))[:1]
         plan = plan_windows(live, self.max_batch)
+        self._in_step = {id(j) for j, _ in plan}
         parts = [(j, j.done_windows, j.done_windows + n) for j, n in plan]
         self._compute(parts)
         for j, _, hi in parts:
