@@ -34,6 +34,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from qatune import __version__
 from qatune.errors import QatuneError
@@ -473,8 +474,12 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
         """Extract the answer to each question from its context: text, probability-like score and character
         offsets (``context[start:end] == text``; -1 and ``no_answer: true`` when the model abstains)."""
         t0 = time.perf_counter()
-        with batcher.arriving_request():  # a forming batch may wait for this request
-            parsed = parse_answer_request(decode_json_body(await read_body(request)), settings)
+        try:
+            with batcher.arriving_request():  # a forming batch may wait for this request
+                parsed = parse_answer_request(decode_json_body(await read_body(request)), settings)
+        except ClientDisconnect:  # gone before the body arrived: nothing to answer, nothing to compute
+            return SafeJSONResponse(error_body(499, "the client closed the connection", code="client_gone"),
+                                    status_code=499)
         work = asyncio.ensure_future(batcher.submit(parsed.pairs, parsed.top_ks))
         gone = asyncio.ensure_future(wait_for_disconnect(request))
         try:
