@@ -144,11 +144,12 @@ def test_plan_windows_is_round_robin_smallest_first() -> None:
             self.remaining, self.seq = remaining, seq
 
     heavy, small, mid = J(500, 0), J(1, 1), J(3, 2)
-    plan = {id(j): n for j, n in plan_windows([heavy, small, mid], 8)}
-    assert plan == {id(small): 1, id(mid): 3, id(heavy): 4}
-    assert [n for _, n in plan_windows([heavy], 8)] == [8]
+    plan = [(j, n) for j, n in plan_windows([heavy, small, mid], 8, per_job=2)]
+    assert plan == [(small, 1), (mid, 2), (heavy, 2)]
+    assert plan_windows([heavy], 8, per_job=2) == [(heavy, 2)]
+    assert plan_windows([heavy], 8, per_job=32) == [(heavy, 8)]  # never more than the step's budget
     many = [J(1, i) for i in range(10)]
-    assert len(plan_windows([heavy, *many], 8)) == 8  # smallest first: the heavy one waits for a free slot
+    assert len(plan_windows([heavy, *many], 8, per_job=2)) == 8  # smallest first: the heavy one waits a step
     assert plan_windows([J(0, 0)], 8) == []
 
 
@@ -156,9 +157,9 @@ def test_small_request_is_not_starved_by_a_heavy_one(pipeline: Any) -> None:
     """A small request sent while a heavy one is computed gets a slot in the next step.
 
     Bound (what is asserted): while the small request waits, the model computes at most the step in
-    progress and the small request's own step, 2 x --max-batch windows, whatever the heavy request's size.
-    Measured on the tiny model (2 shared cores, 10 ms added per window): the small request takes about
-    0.2-0.5 s while the heavy one takes about 3 s.
+    progress and the small request's own step, each with at most --request-step-windows (2) of the heavy
+    request's windows, whatever the heavy request's size. Timing, measured on the tiny model with 10 ms
+    added per window on the 2 shared cores: printed with ``pytest -s``; asserted only loosely (< 30 s).
     """
     max_batch = 8
     p, counter = counted(pipeline, per_window_s=0.01)
@@ -203,7 +204,9 @@ def test_small_request_is_not_starved_by_a_heavy_one(pipeline: Any) -> None:
     assert done["small"] < done["heavy"]
     assert arrived > 0  # it did arrive while the heavy request was being computed
     assert small_call == arrived  # computed in the first step after it arrived: it waited <= 2 steps
-    assert counter.calls[small_call] <= max_batch
+    assert counter.calls[small_call] <= 1 + 2  # its own window and at most 2 of the heavy request's
+    alone = [n for i, n in enumerate(counter.calls) if i != small_call]
+    assert max(alone) <= 2  # a heavy request alone runs 2 windows per step: the step in progress is short
     assert small_s < 30
 
 
@@ -215,7 +218,7 @@ def test_abandoned_heavy_requests_are_not_computed(pipeline: Any) -> None:
     ctx = long_context(20_000)
     heavy_body = {"question": "Where was the treasure buried?", "context": ctx}
     assert windows_of(pipeline, ctx) > 10 * max_batch
-    app = create_app(p, max_batch=max_batch, max_request_windows=1_000)
+    app = create_app(p, max_batch=max_batch, request_step_windows=max_batch, max_request_windows=1_000)
     batcher = app.state.batcher
     with ServerThread(app) as server:
         socks = [raw_post(server.url, heavy_body)]

@@ -63,12 +63,16 @@ class ServeSettings:
     # and windows after tokenizing (bounds the model's work; a 100,000-character context is about 80-100).
     max_request_chars: int = 100_000
     max_request_windows: int = 128
+    # Windows of one request per step: a heavy request adds this much to the step small ones wait for
+    # (lower: small requests pass heavy ones sooner; higher: a lone long request runs in bigger batches).
+    request_step_windows: int = 2
     drain_timeout_s: float = 30.0  # at shutdown, how long queued work may take to finish
     api_key: str | None = None  # None: no authentication
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "batch_size", "max_body_bytes", "max_context_chars", "max_question_chars",
-                     "max_questions", "max_top_k", "max_request_chars", "max_request_windows"):
+                     "max_questions", "max_top_k", "max_request_chars", "max_request_windows",
+                     "request_step_windows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be a whole number, got {value!r}")
@@ -385,7 +389,8 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
     n_best = int(getattr(pipeline, "n_best", 20))
     batcher = MicroBatcher(make_engine(pipeline, settings.batch_size), max_batch=settings.max_batch,
                            max_wait_ms=settings.max_wait_ms, enabled=settings.batching, n_best=n_best,
-                           max_windows=settings.max_request_windows, step_chars=settings.max_request_chars)
+                           max_windows=settings.max_request_windows, step_chars=settings.max_request_chars,
+                           per_job=settings.request_step_windows)
     page = index_html()
     api_key = settings.api_key.encode() if settings.api_key else None
 

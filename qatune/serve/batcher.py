@@ -7,13 +7,14 @@ meant for concurrent use). A step:
 1. tokenizes new jobs into windows (the run's ``max_seq_length``/``doc_stride``), smallest first, about
    ``step_chars`` characters per step; a job over ``max_windows`` windows fails with :class:`WorkTooLarge`
    before any of it is computed;
-2. takes at most ``max_batch`` windows from the jobs, round-robin, the job with the fewest windows left
-   first: a small request always gets a slot in the next step, whatever a heavy one still has to do;
+2. takes at most ``per_job`` windows of each job, the job with the fewest windows left first, at most
+   ``max_batch`` in all: a small request gets a slot in the next step whatever a heavy one still has to do,
+   and a heavy request adds only ``per_job`` windows to the step the small ones wait for;
 3. runs the model once over those windows (the runner splits them into forward passes of ``batch_size``);
 4. decodes the jobs whose last window was computed and answers them.
 
-So a small request sent while a heavy one runs waits for at most the step in progress plus its own step
-(each at most ``max_batch`` windows), not for the whole heavy request. Under load the queue fills while a
+So a small request sent while a heavy one runs waits for the step in progress plus its own step (a few
+windows each), not for the whole heavy request; every request advances in every step it is part of. Under load the queue fills while a
 step runs and the next step is fuller: throughput grows with load. Before a step that has room, the
 consumer waits up to ``max_wait_ms`` for requests that are still being read (not at all when none is).
 
@@ -182,39 +183,37 @@ class BatcherStats:
                 "mean_batch": round(self.windows / self.batches, 2) if self.batches else 0.0}
 
 
-def plan_windows(jobs: Sequence[_Job], budget: int) -> list[tuple[_Job, int]]:
-    """Round-robin shares of ``budget`` windows, the job with the fewest windows left first.
+def plan_windows(jobs: Sequence[_Job], budget: int, per_job: int = 2) -> list[tuple[_Job, int]]:
+    """This step's windows: at most ``per_job`` of each job, the job with the fewest windows left first, at
+    most ``budget`` in all.
 
-    Every job gets one window per round while the budget lasts, so a job with one window always gets it
-    in the next step, and a big job fills what the small ones leave (no compute is left idle).
+    A job with one window gets it in the next step whatever the others still have to do, and a heavy job
+    adds at most ``per_job`` windows to a step that small ones share: the step, and so the wait of every
+    request in it, stays short. Each job advances every step it is in (none starves).
     """
     order = sorted((j for j in jobs if j.remaining > 0), key=lambda j: (j.remaining, j.seq))
-    share = {id(j): 0 for j in order}
-    while budget > 0:
-        open_jobs = [j for j in order if share[id(j)] < j.remaining]
-        if not open_jobs:
+    plan: list[tuple[_Job, int]] = []
+    for j in order:
+        if budget <= 0:
             break
-        per_job = max(1, budget // len(open_jobs))  # whole rounds at once, then one each
-        for j in open_jobs:
-            take = min(per_job, j.remaining - share[id(j)], budget)
-            share[id(j)] += take
-            budget -= take
-            if budget == 0:
-                break
-    return [(j, share[id(j)]) for j in order if share[id(j)] > 0]
+        take = min(per_job, j.remaining, budget)
+        plan.append((j, take))
+        budget -= take
+    return plan
 
 
 # -- the batcher --------------------------------------------------------------------------------------
 class MicroBatcher:
     def __init__(self, engine: Engine | BatchFn, max_batch: int = 32, max_wait_ms: float = 5.0,
                  enabled: bool = True, n_best: int = 20, max_windows: int | None = None,
-                 step_chars: int = 100_000) -> None:
+                 step_chars: int = 100_000, per_job: int | None = None) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
         self.engine: Engine = engine if hasattr(engine, "tokenize") else PairEngine(engine, n_best)  # type: ignore[assignment,arg-type]
         self.max_batch = max_batch  # windows per step
+        self.per_job = per_job or max_batch  # windows of one job per step
         self.max_wait = max_wait_ms / 1000.0
         self.enabled = enabled
         self.max_windows = max_windows  # per request; None: no budget
@@ -333,7 +332,7 @@ class MicroBatcher:
         self._active = [j for j in self._active if not j.dropped]
 
     def _ready_windows(self) -> int:
-        return sum(j.remaining if j.work is not None else 1 for j in self._active)
+        return sum(min(self.per_job, j.remaining) if j.work is not None else 1 for j in self._active)
 
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
@@ -396,7 +395,7 @@ class MicroBatcher:
         live = [j for j in jobs if j.work is not None and not j.finished and not j.dropped]
         if not self.enabled:
             live = sorted(live, key=lambda j: (j.remaining, j.seq))[:1]
-        plan = plan_windows(live, self.max_batch)
+        plan = plan_windows(live, self.max_batch, self.per_job)
         self._in_step = {id(j) for j, _ in plan}
         parts = [(j, j.done_windows, j.done_windows + n) for j, n in plan]
         self._compute(parts)
