@@ -46,8 +46,9 @@ def start(run: str, repo: str, extra: list[str], log_path: Path) -> tuple[subpro
     port = free_port()
     cmd = [sys.executable, "-m", "qatune", "serve", run, "--port", str(port), "--no-access-log",
            "--log-level", "warning", *extra]
-    env = {**os.environ, "PYTHONPATH": str(Path(repo).resolve())}
-    proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
+    root = Path(repo).resolve()  # `python -m` puts the working directory first on sys.path: run from there
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, log_path)
     return proc, url
@@ -110,11 +111,14 @@ async def load(url: str, questions: list[dict[str, str]], args: argparse.Namespa
 
 
 def stats(url: str) -> dict[str, Any]:
+    """The batcher's stats, and the window budget (None: a server from before issue 12 has none)."""
     import httpx
 
     try:
-        return httpx.get(f"{url}/healthz", timeout=10).json().get("stats", {})
-    except (httpx.HTTPError, ValueError):
+        out = dict(httpx.get(f"{url}/healthz", timeout=10).json().get("stats", {}))
+        out["budget"] = httpx.get(f"{url}/v1/model", timeout=10).json()["serving"].get("max_request_windows")
+        return out
+    except (httpx.HTTPError, ValueError, KeyError):
         return {}
 
 
@@ -128,12 +132,13 @@ def row(label: str, out: dict[str, Any], server_stats: dict[str, Any]) -> dict[s
             "p50_ms": pct(50), "p95_ms": pct(95), "errors": sum(out["errors"].values()),
             "error_kinds": dict(out["errors"]), "hostile": dict(out["hostile"]),
             "windows": server_stats.get("windows"), "dropped": server_stats.get("dropped"),
-            "refused": server_stats.get("refused"), "measured_s": round(out["duration"], 1)}
+            "refused": server_stats.get("refused"), "window_budget": server_stats.get("budget"),
+            "measured_s": round(out["duration"], 1)}
 
 
 def print_side_by_side(rows: list[dict[str, Any]]) -> None:
     keys = ["ok", "req_per_s", "p50_ms", "p95_ms", "errors", "error_kinds", "hostile", "windows", "dropped",
-            "refused", "measured_s"]
+            "refused", "window_budget", "measured_s"]
     width = max(24, *(len(json.dumps(r[k])) for r in rows for k in keys)) + 2
     print(f"{'':<12}" + "".join(f"{r['server']:>{width}}" for r in rows))
     for k in keys:
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, repo in servers:
         log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"qatune-serve-hostile-{label}-{os.getpid()}.log"
-        proc, url = start(args.run, repo, args.server_args.split(), log_path)
+        proc, url = start(str(Path(args.run).resolve()), repo, args.server_args.split(), log_path)
         try:
             out = asyncio.run(load(url, questions, args))
             rows.append(row(label, out, stats(url)))
