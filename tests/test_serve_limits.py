@@ -138,7 +138,7 @@ def test_default_limits_refuse_the_issue_request(pipeline: Any) -> None:
 
 
 # -- fairness -----------------------------------------------------------------------------------------
-def test_plan_windows_is_round_robin_smallest_first() -> None:
+def test_plan_windows_takes_a_few_windows_of_each_job_smallest_first() -> None:
     class J:
         def __init__(self, remaining: int, seq: int) -> None:
             self.remaining, self.seq = remaining, seq
@@ -153,11 +153,29 @@ def test_plan_windows_is_round_robin_smallest_first() -> None:
     assert plan_windows([J(0, 0)], 8) == []
 
 
+def test_a_long_request_is_tokenized_even_while_short_ones_keep_arriving() -> None:
+    from qatune.serve.batcher import _Job
+
+    b = MicroBatcher(lambda pairs, k: [[q] for q, _ in pairs], step_chars=1_000)
+
+    def job(chars: int) -> _Job:
+        return _Job([("q", "x" * (chars - 1))], [1], None, chars=chars)  # type: ignore[arg-type]
+
+    early = [job(50) for _ in range(5)]
+    heavy = job(900)
+    b._tokenize([*early, heavy])  # the oldest, then smallest first: 5 x 50 + 900 is over the budget
+    assert all(j.work is not None for j in early) and heavy.work is None
+    later = [job(300) for _ in range(5)]  # new short requests arrive every step
+    b._tokenize([heavy, *later])
+    assert heavy.work is not None  # now the oldest: it goes first, whatever its size
+    assert [j.work is not None for j in later] == [True, True, True, False, False]  # then 1,000 characters more
+
+
 def test_small_request_is_not_starved_by_a_heavy_one(pipeline: Any) -> None:
     """A small request sent while a heavy one is computed gets a slot in the next step.
 
     Bound (what is asserted): while the small request waits, the model computes at most the step in
-    progress and the small request's own step, each with at most --request-step-windows (2) of the heavy
+    progress and the small request's own step, each with at most --request-step-windows (1) of the heavy
     request's windows, whatever the heavy request's size. Timing, measured on the tiny model with 10 ms
     added per window on the 2 shared cores: printed with ``pytest -s``; asserted only loosely (< 30 s).
     """
@@ -204,9 +222,9 @@ def test_small_request_is_not_starved_by_a_heavy_one(pipeline: Any) -> None:
     assert done["small"] < done["heavy"]
     assert arrived > 0  # it did arrive while the heavy request was being computed
     assert small_call == arrived  # computed in the first step after it arrived: it waited <= 2 steps
-    assert counter.calls[small_call] <= 1 + 2  # its own window and at most 2 of the heavy request's
+    assert counter.calls[small_call] <= 1 + 1  # its own window and at most 1 of the heavy request's
     alone = [n for i, n in enumerate(counter.calls) if i != small_call]
-    assert max(alone) <= 2  # a heavy request alone runs 2 windows per step: the step in progress is short
+    assert max(alone) <= 1  # a heavy request alone runs 1 window per step: the step in progress is short
     assert small_s < 30
 
 

@@ -25,7 +25,7 @@ _LIMIT_FLAGS = [  # (flag, settings field, type, help)
     ("--max-wait-ms", "max_wait_ms", float, "how long a step waits for requests still being read, in ms "
                                             "(0-1000, default 5)"),
     ("--batch-size", "batch_size", int, "windows per forward pass inside a step (default 32)"),
-    ("--request-step-windows", "request_step_windows", int, "most windows of one request in one step (default 2): "
+    ("--request-step-windows", "request_step_windows", int, "most windows of one request in one step (default 1): "
                                                             "lower lets small requests pass long ones sooner"),
     ("--max-body-bytes", "max_body_bytes", int, "largest request body (default 1 MiB) -> 413"),
     ("--max-context-chars", "max_context_chars", int, "longest context in characters (default 100000) -> 413"),

@@ -65,7 +65,7 @@ class ServeSettings:
     max_request_windows: int = 128
     # Windows of one request per step: a heavy request adds this much to the step small ones wait for
     # (lower: small requests pass heavy ones sooner; higher: a lone long request runs in bigger batches).
-    request_step_windows: int = 2
+    request_step_windows: int = 1
     drain_timeout_s: float = 30.0  # at shutdown, how long queued work may take to finish
     api_key: str | None = None  # None: no authentication
 

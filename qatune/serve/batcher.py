@@ -4,9 +4,9 @@ Each request submits a *job* (its (question, context) pairs and their ``top_k``)
 *steps*, one at a time, in a single worker thread (the model uses every torch thread; the tokenizer is not
 meant for concurrent use). A step:
 
-1. tokenizes new jobs into windows (the run's ``max_seq_length``/``doc_stride``), smallest first, about
-   ``step_chars`` characters per step; a job over ``max_windows`` windows fails with :class:`WorkTooLarge`
-   before any of it is computed;
+1. tokenizes new jobs into windows (the run's ``max_seq_length``/``doc_stride``): the oldest, then the
+   others smallest first up to ``step_chars`` characters; a job over ``max_windows`` windows fails with
+   :class:`WorkTooLarge` before any of it is computed;
 2. takes at most ``per_job`` windows of each job, the job with the fewest windows left first, at most
    ``max_batch`` in all: a small request gets a slot in the next step whatever a heavy one still has to do,
    and a heavy request adds only ``per_job`` windows to the step the small ones wait for;
@@ -413,13 +413,22 @@ class MicroBatcher:
         return sum(hi - lo for _, lo, hi in parts)
 
     def _tokenize(self, jobs: list[_Job]) -> None:
-        new = sorted((j for j in jobs if j.work is None and not j.dropped and not j.finished),
-                     key=lambda j: (j.chars, j.seq))
+        """Tokenize the oldest waiting job, then the others smallest first while under ``step_chars``.
+
+        The oldest goes first whatever its size, so a long request is not passed over for ever by short
+        ones that keep arriving; a step tokenizes at most that job and ``step_chars`` more.
+        """
+        new = [j for j in jobs if j.work is None and not j.dropped and not j.finished]
+        if not new:
+            return
+        oldest = min(new, key=lambda j: j.seq)
+        rest = sorted((j for j in new if j is not oldest), key=lambda j: (j.chars, j.seq))
         chars = 0
-        for j in new:
-            if chars and chars + j.chars > self.step_chars:
-                break  # the rest waits for the next step (at least one job is tokenized per step)
-            chars += j.chars
+        for j in [oldest, *rest]:
+            if j is not oldest:
+                if chars + j.chars > self.step_chars:
+                    break  # the rest waits for the next step
+                chars += j.chars
             try:
                 work = self.engine.tokenize(j.pairs, j.top_ks)
             except Exception as exc:  # noqa: BLE001 - handed to the waiting request
