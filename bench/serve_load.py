@@ -215,8 +215,9 @@ def measure(url: str, pid: int | None, mode: str, clients: int, args: argparse.N
     sampler.join()
     after = batcher_stats(url, headers)
     batches = after.get("batches", 0) - before.get("batches", 0)
-    if batches > 0:
-        result.mean_batch = round((after.get("questions", 0) - before.get("questions", 0)) / batches, 2)
+    if batches > 0:  # windows per step (servers before issue 12 counted questions per batch)
+        unit = "windows" if "windows" in after else "questions"
+        result.mean_batch = round((after.get(unit, 0) - before.get(unit, 0)) / batches, 2)
     result.rss_first_mb = sampler.window(t0, t1, first=True)
     result.rss_last_mb = sampler.window(t0, t1, first=False)
     return result

@@ -18,20 +18,26 @@ __all__ = ["__version__", "evaluate", "load", "train"]
 
 def train(config: Any, progress: bool = True) -> Any:
     """Train from a TrainConfig, a dict of config keys, or a YAML path. See :mod:`qatune.training.trainer`."""
+    from qatune.quiet import quieted
     from qatune.training.trainer import train as _train
 
-    return _train(config, progress=progress)
+    with quieted():  # only qatune's own lines and bars (QATUNE_VERBOSE=1 for the libraries' too)
+        return _train(config, progress=progress)
 
 
 def evaluate(run_dir: str, data: str, **kwargs: Any) -> dict[str, Any]:
     """Evaluate a trained run on labelled data of its task; see :func:`qatune.evaluation.evaluate.evaluate_run`."""
     from qatune.evaluation.evaluate import evaluate_run
+    from qatune.quiet import quieted
 
-    return evaluate_run(run_dir, data, **kwargs)
+    with quieted():
+        return evaluate_run(run_dir, data, **kwargs)
 
 
 def load(path: str, **kwargs: Any) -> Any:
     """Load a run directory (adapter, full model or exported ONNX) as its task's ready predictor."""
     from qatune.inference.loader import load_predictor
+    from qatune.quiet import quieted
 
-    return load_predictor(path, **kwargs)
+    with quieted():
+        return load_predictor(path, **kwargs)

@@ -21,6 +21,8 @@ import yaml
 
 from qatune.core.options import coerce, convert, field_kind, section_values, type_error
 from qatune.errors import ConfigError
+from qatune.ranges import Range
+from qatune.runtime import check_device
 
 
 @dataclass
@@ -60,7 +62,7 @@ class TrainConfig:
     run_name: str | None = None
     cache_dir: str | None = None
     num_threads: int | None = None
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     debug: bool = False
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)  # the task's section, resolved (all its keys)
@@ -250,30 +252,47 @@ def _method_section(name: str, options: Any, source: str) -> dict[str, Any]:
             out[opt] = value
         else:
             out[opt] = _convert(key, value, kind)
-            if opt == "layers" and out[opt] < 1:
-                raise ConfigError(f"config key '{key}' must be >= 1 (train only the last N layers), got {value!r}")
+            if opt in method.ranges:
+                method.ranges[opt].check(key, out[opt])
     return out
 
 
+# the numeric settings and what makes sense for each; None (unset) always passes. The task's and the
+# backend's sections check their own (e.g. qatune/tasks/extractive_qa/options.py).
+RANGES: dict[str, Range] = {
+    "epochs": Range(1, why="passes over the training data"),
+    "batch_size": Range(1, why="windows per training step and process"),
+    "eval_batch_size": Range(1, why="windows per evaluation forward pass"),
+    "grad_accum": Range(1, why="batches accumulated per optimizer step"),
+    "learning_rate": Range(0, low_open=True, why="the peak learning rate, e.g. 2e-3 for LoRA, 1e-4 for full"),
+    "weight_decay": Range(0, why="AdamW weight decay, e.g. 0.01"),
+    "warmup_ratio": Range(0, 1, why="the fraction of optimizer steps spent warming up, e.g. 0.1"),
+    "max_grad_norm": Range(0, low_open=True, why="the gradient clipping norm; 0 would zero every update"),
+    "seed": Range(0, 2**31 - 1, why="the random seed"),
+    "max_seq_length": Range(1, why="tokens per window"),
+    "attention_dropout": Range(0, 1, high_open=True, why="a dropout probability"),
+    "save_steps": Range(0, why="checkpoint every N optimizer steps; 0 = at epoch ends only"),
+    "stop_after_steps": Range(1, why="optimizer steps before a resumable stop"),
+    "max_train_samples": Range(1, why="the first N training questions"),
+    "max_eval_samples": Range(1, why="the first N evaluation questions"),
+    "num_threads": Range(1, why="CPU threads for PyTorch"),
+}
+
+
 def validate(cfg: TrainConfig) -> None:
-    """The generic keys; the task checks its own section (``Task.resolve_options``)."""
+    """Every generic value in its allowed range, with a one-line ConfigError naming the key, value and
+    range; the task checks its own section (``Task.resolve_options``)."""
     from qatune.methods import registry
 
     registry.get(cfg.method)  # raises a ConfigError listing the methods
     for name in ("model", "output", "task"):
         if not getattr(cfg, name):
             raise ConfigError(f"config key '{name}' must not be empty")
-    if cfg.epochs <= 0:
-        raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
-    for name in ("batch_size", "eval_batch_size", "grad_accum", "max_seq_length"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name, allowed in RANGES.items():
+        allowed.check(name, getattr(cfg, name))
+    check_device(cfg.device)
     if cfg.precision not in {"auto", "bf16", "fp32"}:
         raise ConfigError(f"precision must be auto, bf16 or fp32, got '{cfg.precision}'")
-    for name in ("max_train_samples", "max_eval_samples"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,6 +11,10 @@ that call them) follow before they create, replace or delete anything. See docs/
    qatune's is refused even with ``--overwrite``. Files it did not write stay byte-identical.
 4. Callers call :func:`check_output` first (no side effects), then validate every input, and only then
    :func:`prepare_output` (creates the folder, removes the previous output on ``--overwrite``).
+5. A single output file (``predict --output``) follows the same rule through :func:`check_output_file`:
+   never an input file or a file inside a folder the command reads; an existing file is replaced only with
+   ``--overwrite`` and only when it is qatune's own; it is written to a temporary name and renamed
+   (:func:`atomic_open`), so an interrupted run leaves the previous file as it was.
 
 Why a manifest and not a list of names alone: the tokenizer files a run holds depend on the model, and a
 user may keep notes beside a run; the manifest says exactly what qatune may remove.
@@ -21,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from qatune.core.jsonio import write_text_atomic  # noqa: F401 - the one atomic writer, used here
 from qatune.errors import OutputError
@@ -53,7 +58,9 @@ KNOWN_NAMES: dict[str, frozenset[str]] = {
     "export": frozenset(("model.onnx", "model.onnx.data", "export.json", "qatune.yaml") + _TOKENIZER),
     "evaluation": frozenset(("predictions.json", "metrics.json", "na_probs.json")),
     # a comparison folder (recognised by compare.json): the report files; each method's run is a subfolder
-    "compare": frozenset(("compare.json", "report.md", "report.csv", "report.json", "report.html")),
+    # (names equal qatune.compare.runner PLAN_FILE and qatune.compare.report REPORT_FILES / PLOTS; tests check)
+    "compare": frozenset(("compare.json", "report.md", "report.csv", "report.json", "report.html",
+                          "loss_curves.png", "f1_vs_params.png", "train_time.png", "peak_memory.png")),
 }
 _ARTICLE = {"run": "a training run", "export": "an export", "evaluation": "an evaluation",
             "compare": "a comparison"}
@@ -229,6 +236,86 @@ def prepare_output(path: str | os.PathLike, kind: str, overwrite: bool = False, 
         remove_own_files(out, kind)
     record(out, kind, [])
     return out
+
+
+def require_kind(path: str | os.PathLike, kind: str, *, what: str, hint: str) -> Path:
+    """``path`` must already hold qatune's output of ``kind``: for commands that add files to an existing
+    output (``qatune report`` into a comparison) and so may never write into a foreign or empty folder."""
+    out = Path(path).expanduser()
+    if not out.is_dir():
+        raise OutputError(f"{out} {'is not a directory' if out.exists() else 'does not exist'}; {hint}")
+    folder = inspect(out)
+    if folder.kind != kind:
+        held = f"holds {_ARTICLE[folder.kind]} of qatune" if folder.kind else (
+            "is empty" if folder.empty else f"holds files qatune did not write ({_list(folder.others)})")
+        raise OutputError(f"{out} is not a qatune {_NOUN[kind]} (it {held}); {what} writes only into a qatune "
+                          f"{_NOUN[kind]} folder, never into another folder: {hint}")
+    return out
+
+
+def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (),
+                      folders: Iterable[str | os.PathLike | None] = (), overwrite: bool = False,
+                      ours: Callable[[Path], bool] | None = None, what: str = "qatune's output",
+                      flag: str = "--output") -> Path:
+    """Refuse an output *file* qatune may not write; changes nothing (call before loading the model).
+
+    ``inputs``: files the command reads (the output may not be one of them: same resolved path or the same
+    file through another link). ``folders``: folders it reads (a run, a model); the output may not lie inside
+    one. An existing file is refused unless ``overwrite``, and even then unless ``ours(path)`` says qatune
+    wrote it (``what`` names such a file in the message).
+    """
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise OutputError(f"{flag} {out} is a directory; give a file name such as {out / 'answers.jsonl'}")
+    target = out.resolve()
+    for src in inputs:
+        if src is None:
+            continue
+        s = Path(src).expanduser()
+        same = target == s.resolve()
+        if not same and out.exists() and s.exists():
+            try:
+                same = os.path.samefile(out, s)
+            except OSError:
+                same = False
+        if same:
+            raise OutputError(f"{flag} {out} is the input file {s}; writing answers there would destroy the "
+                              f"questions: choose another {flag}")
+    for folder in folders:
+        if folder is None or not Path(folder).expanduser().is_dir():
+            continue  # an alias or hub id: nothing local to protect
+        f = Path(folder).expanduser().resolve()
+        if _inside(target, f):
+            raise OutputError(f"{flag} {out} lies inside {f}, a folder this command reads; qatune never writes "
+                              f"into a run or model it reads: choose another {flag}")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputError(f"{flag} {out} already exists; pass --overwrite to replace it or choose another "
+                              f"{flag}")
+        if not out.is_file() or out.is_symlink() or (ours is not None and not ours(out)):
+            raise OutputError(f"{flag} {out} exists and is not {what}; --overwrite replaces only a file qatune "
+                              f"wrote: move it away or choose another {flag}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "a file is in the way" if parent.exists() and not parent.is_dir() else "permission denied"
+        raise OutputError(f"{flag} {out} cannot be written ({why}: {parent}); choose another {flag}")
+    return out
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w", **kw: Any) -> Iterator[IO[Any]]:
+    """Write ``path`` through a temporary file beside it, renamed over ``path`` only when the block ends
+    without an error: an interruption leaves the previous file (or none) and no partial one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode, **kw) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def record(path: Path, kind: str, names: Iterable[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from functools import lru_cache
 from typing import Any, Iterator
 
@@ -18,16 +19,43 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(requested: Any) -> str:
+    """``requested`` if it names a device qatune runs on; else a ConfigError listing them.
+
+    Checked without torch, so configs are refused before anything loads. ``auto`` picks CUDA when
+    present, else CPU (documented); anything else (``tpu``, ``mps``, ``gpu``) used to fall back to
+    the CPU without a word.
+    """
+    from qatune.errors import ConfigError
+
+    if not isinstance(requested, str) or not _DEVICE.fullmatch(requested.strip().lower()):
+        raise ConfigError(f"config key 'device': {requested!r} is not a device qatune runs on; use {DEVICES} "
+                          "(auto picks a CUDA GPU when there is one, else the CPU)")
+    return requested.strip().lower()
+
+
 def pick_device(requested: str = "auto") -> Any:
+    """The torch device for ``requested`` (see :func:`check_device`); an explicit cuda that is not there is
+    a ConfigError, never a silent CPU run."""
     import torch
 
+    from qatune.errors import ConfigError
+
+    requested = check_device(requested)
     if requested == "cpu":
         return torch.device("cpu")
     if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from qatune.errors import ConfigError
-
-            raise ConfigError("device=cuda was requested but no CUDA GPU is available; use device=cpu")
+            raise ConfigError(f"device={requested} was requested but no CUDA GPU is available; use device=cpu "
+                              "(or auto)")
+        if ":" in requested and int(requested.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"device={requested} was requested but this machine has "
+                              f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to "
+                              f"cuda:{torch.cuda.device_count() - 1})")
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         return torch.device(requested if ":" in requested else f"cuda:{local_rank}")
     return torch.device("cpu")

@@ -4,7 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-QATUNE_BROWSER=0 bash scripts/setup.sh
+SETUP_LOG=$(mktemp "${TMPDIR:-/tmp}/qatune-setup-log.XXXXXX")
+echo "quickstart: setting up .venv (pinned versions from requirements-lock.txt; log: $SETUP_LOG)"
+if ! QATUNE_BROWSER=0 bash scripts/setup.sh > "$SETUP_LOG" 2>&1; then
+  cat "$SETUP_LOG" >&2
+  echo "quickstart: setup failed (output above, also in $SETUP_LOG)" >&2
+  exit 1
+fi
+rm -f "$SETUP_LOG"
 Q=.venv/bin/qatune
 $Q train --config configs/quickstart.yaml --no-progress
 $Q evaluate runs/quickstart --data qatune/resources/sample/dev.json --output runs/quickstart/eval --no-progress

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suite (offline). Extra arguments go to pytest.
+# Run the test suite (offline) in .venv (or $QATUNE_VENV). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+"${QATUNE_VENV:-.venv}/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -2,7 +2,7 @@
 report rebuilds and Ctrl-C on copies of it with the training subprocess replaced by a recorder.
 
 The real run: a tiny random BERT, 20 sample questions, 1 epoch, max_seq_length 128; methods full, lora, ia3,
-plus ``bad-lr`` (a negative learning rate: the training subprocess fails) and ``bad-opt`` (an unknown
+plus ``bad-target`` (a LoRA target module the model lacks: the training subprocess fails) and ``bad-opt`` (an unknown
 option: rejected before any training).
 """
 
@@ -27,14 +27,15 @@ from qatune.errors import ConfigError
 
 CHROMIUM = Path("/usr/bin/chromium")
 GOOD = ["full", "lora", "ia3"]
-ALL = GOOD + ["bad-lr", "bad-opt"]
+ALL = GOOD + ["bad-target", "bad-opt"]
 
 
 def _tiny_config(tmp: Path, model: Path, output: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "compare_tiny.yaml").read_text())
     cfg.update(model=str(model), train=str(SAMPLE / "train.json"), eval=str(SAMPLE / "dev.json"), output=str(output),
                tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="compare-test")
-    cfg["methods"].update({"bad-lr": {"method": "lora", "learning_rate": -1.0},
+    # (a negative learning rate no longer reaches training: it is refused when the plan is read)
+    cfg["methods"].update({"bad-target": {"method": "lora", "lora": {"target_modules": ["nope"]}},
                            "bad-opt": {"method": "loha", "loha": {"rank": 4}}})
     path = tmp / "compare.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -105,16 +106,16 @@ def test_failing_methods_are_recorded_and_the_rest_run(compared: dict[str, Any])
     out = compared["out"]
     by = {r["method"]: r for r in _rows(out)}
     # a runtime failure inside the training subprocess: the error comes from its stderr
-    assert by["bad-lr"]["status"] == "failed"
-    assert "learning rate" in by["bad-lr"]["error"].lower()
-    assert (out / "bad-lr" / "train.log").is_file() and not (out / "bad-lr" / "metrics.json").exists()
+    assert by["bad-target"]["status"] == "failed"
+    assert "{'nope'} not found in the base model" in by["bad-target"]["error"]
+    assert (out / "bad-target" / "train.log").is_file() and not (out / "bad-target" / "metrics.json").exists()
     # an invalid option: rejected before training, without a subprocess
     assert by["bad-opt"]["status"] == "failed" and "rank" in by["bad-opt"]["error"]
     assert not (out / "bad-opt" / "train.log").exists()
-    # bad-lr ran after full/lora/ia3 were trained and bad-opt came last: both failures left the others finished
+    # bad-target ran after full/lora/ia3 were trained and bad-opt came last: both failures left the others finished
     assert all(by[m]["status"] == "finished" for m in GOOD)
     md = (out / "report.md").read_text()
-    assert "## Problems" in md and "bad-lr" in md and "Invalid learning rate" in md
+    assert "## Problems" in md and "bad-target" in md and "not found in the base model" in md
 
 
 def test_markdown_and_json_reports(compared: dict[str, Any]) -> None:
@@ -132,7 +133,7 @@ def test_markdown_and_json_reports(compared: dict[str, Any]) -> None:
         assert {"train_loss", "eval_loss", "f1", "exact_match"} <= set(epoch)
         assert methods[name]["measure"]["latency_questions"] == 10
     assert methods["lora"]["hyperparameters"]["options"]["r"] == 4
-    assert methods["bad-lr"]["error_tail"] and methods["bad-lr"]["history"] == []
+    assert methods["bad-target"]["error_tail"] and methods["bad-target"]["history"] == []
     assert data["setup"]["epochs"] == 1 and data["setup"]["train_questions"] == 20
 
 
@@ -179,14 +180,14 @@ def test_rerun_skips_finished_methods(compared: dict[str, Any], tmp_path: Path,
     monkeypatch.setattr(runner, "_launch", recorder)
     monkeypatch.setattr("qatune.compare.measure.measure_run", lambda *a, **k: pytest.fail("re-measured"))
     assert main(["compare", "--config", str(config)]) == 1
-    assert recorder.launched == ["bad-lr"]  # only the failed method is retried
+    assert recorder.launched == ["bad-target"]  # only the failed method is retried
     assert {m: (out / m / "metrics.json").stat().st_mtime_ns for m in GOOD} == mtimes
     assert (out / "report.csv").stat().st_mtime_ns > report_mtime
     err = capsys.readouterr().err
     assert "[1/5] full: skipped, finished earlier (F1" in err
-    assert "[4/5] bad-lr: FAILED after" in err and "pretend failure" in err
+    assert "[4/5] bad-target: FAILED after" in err and "pretend failure" in err
     by = {r["method"]: r for r in _rows(out)}
-    assert by["bad-lr"]["error"] == "error: pretend failure" and by["lora"]["status"] == "finished"
+    assert by["bad-target"]["error"] == "error: pretend failure" and by["lora"]["status"] == "finished"
 
     # --force reruns everything (the recorder fails them all; the old results are gone, not mixed in)
     recorder.launched.clear()
@@ -263,7 +264,7 @@ def test_html_renders_in_headless_chromium(compared: dict[str, Any], tmp_path: P
                          check=True).stdout
     assert dom.count("<table") == 4  # quality, cost, loss per epoch, F1 per epoch
     assert dom.count('<img alt="') == len(PLOTS) and dom.count('src="data:image/png;base64,') == len(PLOTS)
-    for text in ("F1 (%)", "latency p50 (ms, batch 1)", "bad-lr", "Invalid learning rate"):
+    for text in ("F1 (%)", "latency p50 (ms, batch 1)", "bad-target", "not found in the base model"):
         assert text in dom, text
 
 

@@ -199,12 +199,12 @@ def test_empty_value_for_a_required_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("override, match", [
-    ("epochs=0", r"epochs must be > 0"),
-    ("batch_size=0", r"batch_size must be >= 1"),
+    ("epochs=0", r"config key 'epochs': 0 is out of range; it must be >= 1"),
+    ("batch_size=0", r"config key 'batch_size': 0 is out of range; it must be >= 1"),
     ("precision=fp16", r"precision must be auto, bf16 or fp32"),
-    ("max_train_samples=0", r"max_train_samples must be >= 1"),
+    ("max_train_samples=0", r"config key 'max_train_samples': 0 is out of range; it must be >= 1"),
     ("method=bogus", r"unknown method 'bogus'. Choose one of: full, lora"),
-    ("lora.layers=0", r"lora\.layers' must be >= 1"),
+    ("lora.layers=0", r"config key 'lora\.layers': 0 is out of range; it must be >= 1"),
     ("override-without-equals", r"must look like key=value"),
 ])
 def test_bad_values(override: str, match: str) -> None:
@@ -243,7 +243,7 @@ def test_stride_that_does_not_fit_says_what_to_do() -> None:
         load_config(None, ["max_seq_length=128", "doc_stride=128"])
     with pytest.raises(ConfigError, match=r"doc_stride must be in"):
         load_config(None, ["doc_stride=-1"])
-    with pytest.raises(ConfigError, match=r"max_seq_length must be at least"):
+    with pytest.raises(ConfigError, match=r"'max_seq_length': 4 is out of range; it must be >= 6"):
         load_config(None, ["max_seq_length=4", "doc_stride=0"])
 
 

@@ -234,7 +234,8 @@ class DigitTask:
                          run_config: dict[str, Any]) -> list[int]:
         return np.stack(outputs[0]).argmax(1).tolist()
 
-    def score_files(self, data: str, predictions: dict[str, Any], **options: Any) -> dict[str, Any]:
+    def score_files(self, data: str, predictions_file: str, **options: Any) -> dict[str, Any]:
+        predictions = json.loads(Path(predictions_file).read_text())
         examples, _ = self.read(data, None)
         return {"accuracy": 100 * float(np.mean([predictions.get(e["id"]) == e["label"] for e in examples]))}
 

@@ -23,6 +23,7 @@ from qatune.tasks.extractive_qa import (
     load_qa_examples,
     load_squad_dataset_json,
 )
+from qatune.tasks.extractive_qa.squad import declared_version, load_squad_for_scoring
 
 # Never reach the network: the hub test expects the offline error. qatune.data imports datasets lazily, so
 # setting this after the imports above still comes before datasets (and huggingface_hub) read it.
@@ -291,9 +292,11 @@ def test_v2_is_impossible_kept(tmp_path: Path) -> None:
 
 
 def test_unanswerable_variants(tmp_path: Path) -> None:
-    """[] without a flag means unanswerable (noted); a flagged question with answers keeps none; [] with
-    is_impossible false is an answerable question with no answer, so it is dropped."""
+    """In a file that declares no version: [] without a flag means unanswerable (noted); a flagged question
+    with answers keeps none; [] with is_impossible false is an answerable question with no answer, so it is
+    dropped. (A file declaring version 1.1 refuses all three: see the next test.)"""
     document = squad_v11()
+    del document["version"]
     qas = document["data"][0]["paragraphs"][0]["qas"]
     qas.append({"id": "empty", "question": "Who owns the forest?", "answers": []})
     qas.append({"id": "flagged", "question": "Who?", "answers": [ans(FOX, "forests")], "is_impossible": True})
@@ -312,6 +315,42 @@ def test_unanswerable_variants(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # max_samples
+
+
+@pytest.mark.parametrize("change, what", [
+    ({"answers": []}, r"has no answers \(answers: \[\]\)"),
+    ({"is_impossible": True}, "is marked is_impossible"),
+    ({"answers": [], "is_impossible": False}, r"has no answers"),
+])
+def test_declared_v11_file_refuses_an_unanswerable_question(tmp_path: Path, change: dict, what: str) -> None:
+    """Issue 12 defect 10: one answers [] in a version-1.1 file used to turn the whole file into v2.0 data
+    (v2 scoring with a no-answer threshold tuned on the same questions). It is now a data error naming the
+    file, article, paragraph and question, for training/evaluation loading and for `qatune score` alike."""
+    document = squad_v11()
+    _qa(document, 1, 0, 1).update(change)
+    path = write_json(tmp_path / "dev-v1.json", document)
+    where = r'dev-v1\.json: data\[1\] \(title "Nile"\) paragraphs\[0\] qas\[1\] \(id "q5"\): the question '
+    with pytest.raises(DataError, match=where + what + r'.*declares "version": "1\.1"'):
+        load_qa_examples(path)
+    with pytest.raises(DataError, match=where + what):
+        load_squad_dataset_json(path)
+
+
+def test_declared_version_decides_not_the_questions(tmp_path: Path) -> None:
+    """A file declaring 2.0 is v2.0 data even when the first N questions are all answerable; a file
+    declaring nothing is v2.0 only when some question is unanswerable."""
+    document = squad_v11()
+    document["version"] = "v2.0"
+    _, report = load_qa_examples(write_json(tmp_path / "v2.json", document))
+    assert report.version == "2.0"
+    _, declared = load_squad_for_scoring(tmp_path / "v2.json")
+    assert declared == "2.0"
+    del document["version"]
+    _, report = load_qa_examples(write_json(tmp_path / "none.json", document))
+    assert report.version == "1.1"
+    assert load_squad_for_scoring(tmp_path / "none.json")[1] is None
+    assert [declared_version(v) for v in ("1.1", "v1.1", 1.1, "2.0", "V2.0", 2, "dev", None, True, [2])] == \
+        ["1.1", "1.1", "1.1", "2.0", "2.0", "2.0", None, None, None, None]
 
 
 def test_max_samples_counts_questions_across_paragraphs_and_articles(tmp_path: Path) -> None:
@@ -621,6 +660,7 @@ def test_load_squad_dataset_json(tmp_path: Path) -> None:
 
 def test_examples_to_squad_json_round_trip(tmp_path: Path) -> None:
     document = squad_v11()
+    document["version"] = "2.0"
     _qa(document, 1, 0, 1)["answers"] = []  # one unanswerable question
     examples, report = load_qa_examples(write_json(tmp_path / "orig.json", document))
     assert report.version == "2.0"

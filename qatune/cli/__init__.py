@@ -19,6 +19,8 @@ VERBS = ["train", "evaluate", "predict", "score", "compare", "report", "serve", 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qatune", description="Fine-tune, compare and serve QA models.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' warnings, logs and progress bars (or QATUNE_VERBOSE=1)")
     from qatune import __version__
 
     parser.add_argument("--version", action="version", version=f"qatune {__version__}")
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    from qatune import quiet
+
+    quiet.apply(verbose=True if "--verbose" in argv else None)  # before any verb imports a library
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

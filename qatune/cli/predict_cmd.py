@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 from qatune.cli.common import add_debug, print_json
 from qatune.errors import DataError, OutputError
@@ -36,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ctx.add_argument("--context", help="the context text")
     ctx.add_argument("--context-file", help="read the context from this UTF-8 text file")
     p.add_argument("--input", help="JSONL file of {id, question, context} objects: batch mode")
-    p.add_argument("--output", help="with --input: write answers here as JSONL (default: stdout)")
+    p.add_argument("--output", help="with --input: write answers here as JSONL (default: stdout); never the "
+                   "input file or a file inside the run or its model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output file, if it is an answers file qatune wrote")
     p.add_argument("--top-k", type=int, default=1, help="return the k best answers")
     p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass (default 64)")
     p.add_argument("--null-threshold", type=float, default=None, help="v2 no-answer threshold override")
@@ -63,6 +68,8 @@ def _context(args: argparse.Namespace) -> str:
 # -- batch mode ---------------------------------------------------------------------------------------
 def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
     """``(id, question, context)`` per non-blank line; any bad line is a DataError naming file and line."""
+    from qatune.data.jsonio import parse_json
+
     src = Path(path)
     try:
         raw = src.read_bytes()
@@ -85,7 +92,7 @@ def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = parse_json(line, where)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
                             '{"id": ..., "question": ..., "context": ...} object') from None
@@ -104,6 +111,8 @@ def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
             qid = n
         if isinstance(qid, bool) or not isinstance(qid, (str, int, float)):
             raise DataError(f"{where}: field 'id' must be a string or a number, got {type(qid).__name__}")
+        if isinstance(qid, float) and not math.isfinite(qid):
+            raise DataError(f"{where}: field 'id' is {qid}; give a string or a finite number")
         if qid in seen:
             raise DataError(f"{where}: id {qid!r} was already used on line {seen[qid]}; ids must be unique")
         seen[qid] = n
@@ -111,17 +120,67 @@ def read_questions_jsonl(path: str | os.PathLike) -> list[tuple[Any, str, str]]:
     return items
 
 
-def _open_output(path: str | None) -> tuple[IO[str], Path | None]:
-    """The output stream (a temporary file beside ``path``, renamed when done) and the temporary path."""
-    if path is None:
-        return sys.stdout, None
-    out = Path(path)
-    if out.is_dir():
-        raise OutputError(f"--output {out} is a directory; give a file name such as {out / 'answers.jsonl'}")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+ANSWER_KEYS = frozenset({"id", "answer", "score", "start", "end", "no_answer"})  # every output line has these
+
+
+def _is_answers_file(path: Path) -> bool:
+    """Whether ``path`` is an answers file qatune wrote (empty, or its first line is one answer record): the
+    only kind of existing file ``--overwrite`` may replace."""
+    try:
+        with path.open("rb") as fh:
+            first = b""
+            while not first.strip():
+                first = fh.readline(1 << 20)
+                if not first:
+                    return True  # empty or blank: nothing to lose
+        rec = json.loads(first.decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and ANSWER_KEYS <= set(rec)
+
+
+def _folders_read(run: str) -> list[str | None]:
+    """The run folder and its recorded base model: ``--output`` may not lie inside either."""
+    import yaml
+
+    from qatune.artifacts import RUN_CONFIG
+
+    try:
+        cfg = yaml.safe_load((Path(run) / RUN_CONFIG).read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        cfg = {}  # load_pipeline names what is wrong with the run
+    base = cfg.get("base_model_path") if isinstance(cfg, dict) else None
+    return [run, base if isinstance(base, str) and Path(base).expanduser().is_absolute() else None]
+
+
+def _check_output(args: argparse.Namespace) -> Path | None:
+    """qatune's write rule (qatune/rundir.py) for ``--output``, applied before the model loads: never the
+    input, nothing inside the run or its model, an existing file only with --overwrite and only if ours."""
+    from qatune import rundir
+
+    if args.output is None:
+        return None
+    return rundir.check_output_file(args.output, inputs=[args.input], folders=_folders_read(args.run),
+                                    overwrite=args.overwrite, ours=_is_answers_file,
+                                    what="an answers file of qatune predict")
+
+
+@contextmanager
+def _output_stream(out: Path | None, overwrite: bool) -> Iterator[IO[str]]:
+    """stdout, or a temporary file beside ``out`` renamed over it only when every answer is written: an
+    interrupted or failed run leaves the previous file as it was and no partial one."""
+    from qatune import rundir
+
+    if out is None:
+        yield sys.stdout
+        return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return tmp.open("w", encoding="utf-8"), tmp
+        with rundir.atomic_open(out, "w", encoding="utf-8") as stream:
+            yield stream
+            # a file that appeared at --output while answering is not replaced without --overwrite either
+            rundir.check_output_file(out, overwrite=overwrite, ours=_is_answers_file,
+                                     what="an answers file of qatune predict")
     except OSError as exc:
         raise OutputError(f"--output {out} cannot be written ({exc.strerror or exc}); choose another path") from None
 
@@ -146,10 +205,10 @@ def run_batch(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise DataError("--batch-size must be >= 1")
     items = read_questions_jsonl(args.input)  # every line is checked before the model loads
-    stream, tmp = _open_output(args.output)
-    try:
-        pipeline = load_pipeline(args.run, device=args.device, null_threshold=args.null_threshold)
-        t0 = time.perf_counter()
+    out = _check_output(args)  # nothing is created or replaced before the input and the output are checked
+    pipeline = load_pipeline(args.run, device=args.device, null_threshold=args.null_threshold)
+    t0 = time.perf_counter()
+    with _output_stream(out, args.overwrite) as stream:
         bar = tqdm(total=len(items), desc="answering", unit="q", disable=args.no_progress, file=sys.stderr)
         for lo in range(0, len(items), CHUNK):
             chunk = items[lo: lo + CHUNK]
@@ -160,14 +219,6 @@ def run_batch(args: argparse.Namespace) -> int:
             bar.update(len(chunk))
         bar.close()
         stream.flush()
-    except BaseException:
-        if tmp is not None:
-            stream.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if tmp is not None:
-        stream.close()
-        os.replace(tmp, args.output)
     elapsed = time.perf_counter() - t0
     rate = len(items) / elapsed if elapsed > 0 else 0.0
     dest = args.output or "stdout"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -19,14 +20,22 @@ from qatune.cli.common import add_debug
 from qatune.errors import ConfigError
 
 _LIMIT_FLAGS = [  # (flag, settings field, type, help)
-    ("--max-batch", "max_batch", int, "most questions in one batched model call (default 32)"),
-    ("--max-wait-ms", "max_wait_ms", float, "how long a batch waits for more requests, in ms (default 5)"),
-    ("--batch-size", "batch_size", int, "windows per forward pass inside a batch (default 32)"),
+    ("--max-batch", "max_batch", int, "most windows computed in one step, shared by the waiting requests "
+                                      "(default 32)"),
+    ("--max-wait-ms", "max_wait_ms", float, "how long a step waits for requests still being read, in ms "
+                                            "(0-1000, default 5)"),
+    ("--batch-size", "batch_size", int, "windows per forward pass inside a step (default 32)"),
+    ("--request-step-windows", "request_step_windows", int, "most windows of one request in one step (default 1): "
+                                                            "lower lets small requests pass long ones sooner"),
     ("--max-body-bytes", "max_body_bytes", int, "largest request body (default 1 MiB) -> 413"),
     ("--max-context-chars", "max_context_chars", int, "longest context in characters (default 100000) -> 413"),
     ("--max-question-chars", "max_question_chars", int, "longest question in characters (default 2000) -> 413"),
     ("--max-questions", "max_questions", int, "most questions in one request (default 64) -> 413"),
     ("--max-top-k", "max_top_k", int, "largest top_k a request may ask for (default 20)"),
+    ("--max-request-chars", "max_request_chars", int, "most context characters in one request, all questions "
+                                                      "together (default 100000) -> 413"),
+    ("--max-request-windows", "max_request_windows", int, "most windows (max_seq_length tokens, doc_stride "
+                                                          "overlap) one request may need (default 128) -> 413"),
     ("--drain-timeout", "drain_timeout_s", float, "at shutdown, seconds queued work may take (default 30)"),
 ]
 
@@ -74,6 +83,18 @@ def build_settings(args: argparse.Namespace) -> Any:
         raise ConfigError(message) from None
 
 
+def check_server_flags(args: argparse.Namespace) -> None:
+    """Refuse nonsense numbers before the model loads (NaN compares as neither too small nor too big)."""
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a TCP port (0-65535)")
+    if not math.isfinite(args.graceful_timeout) or args.graceful_timeout < 0:
+        raise ConfigError(f"--graceful-timeout must be a finite number of seconds >= 0, got {args.graceful_timeout:g}")
+    if args.null_threshold is not None and not math.isfinite(args.null_threshold):
+        raise ConfigError(f"--null-threshold must be a finite number, got {args.null_threshold:g}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+
+
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -92,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from qatune.inference.loader import load_pipeline
     from qatune.runtime import set_threads
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port} is not a TCP port (0-65535)")
+    check_server_flags(args)
     settings = build_settings(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         print(f"qatune: warning: serving on {args.host} without an API key; anyone who can reach this machine "

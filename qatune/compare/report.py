@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
+from qatune import rundir
 from qatune.artifacts import RUN_CONFIG, write_json
 from qatune.compare.measure import peak_memory, weights_size_mb
 from qatune.compare.rundirs import LOG_FILE, PLAN_FILE, STATUS_FILE, is_finished, read_json
@@ -553,7 +554,10 @@ def write_report(out: str | Path, plots: bool = True) -> list[dict[str, Any]]:
 
     ``plots=False`` (used between methods while a comparison runs) writes the CSV, Markdown and JSON only.
     """
-    out = Path(out)
+    # qatune's write rule (qatune/rundir.py): report files go only into a comparison folder (compare.json),
+    # never into a foreign folder that merely holds run-like subfolders
+    out = rundir.require_kind(out, "compare", what="qatune report",
+                              hint="pass the --output directory of `qatune compare`")
     report = collect(out)
     rows = [r["row"] for r in report["records"]]
     images: dict[str, bytes] = {}
@@ -562,16 +566,16 @@ def write_report(out: str | Path, plots: bool = True) -> list[dict[str, Any]]:
         for stem in report["plots"]:
             path = out / f"{stem}.png"
             if stem in images:
-                path.write_bytes(images[stem])
+                with rundir.atomic_open(path, "wb") as fh:
+                    fh.write(images[stem])
             elif path.exists():
                 path.unlink()  # stale plot from an earlier report
-    with open(out / "report.csv.tmp", "w", newline="") as fh:
+    with rundir.atomic_open(out / "report.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=report["columns"], extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _csv_value(row.get(k)) for k in report["columns"]})
-    (out / "report.csv.tmp").replace(out / "report.csv")
-    (out / "report.md").write_text(render_markdown(report))
+    rundir.write_text_atomic(out / "report.md", render_markdown(report))
     write_json(out / "report.json", {
         "output": report["output"], "generated": report["generated"], "setup": report["setup"],
         "version_2": report["version_2"], "columns": report["columns"],
@@ -581,7 +585,7 @@ def write_report(out: str | Path, plots: bool = True) -> list[dict[str, Any]]:
                     for r in report["records"]],
     })
     if plots:
-        (out / "report.html").write_text(render_html(report, images))
+        rundir.write_text_atomic(out / "report.html", render_html(report, images))
     return rows
 
 

@@ -7,6 +7,7 @@ them accept and refuse values the same way.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from qatune.errors import ConfigError
@@ -34,6 +35,8 @@ def convert(key: str, value: Any, kind: str) -> Any:
         except ValueError:
             raise type_error(key, value, kind) from None
         if kind == "float":
+            if not math.isfinite(number):
+                raise type_error(key, value, "finite number")
             return number
         if isinstance(value, str):
             try:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
-import gzip
 import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
+from qatune.data.jsonio import open_text, parse_json, read_json_file, unreadable
 from qatune.errors import ConfigError, DataError
 
 __all__ = ["Record", "RecordSchema", "check_max_samples", "iter_flat", "open_records", "read_json"]
@@ -32,7 +32,6 @@ __all__ = ["Record", "RecordSchema", "check_max_samples", "iter_flat", "open_rec
 Record = tuple[str, dict[str, Any], "str | None"]
 
 _FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _no_documents(document: Any, label: str) -> Iterator[Record]:
@@ -135,34 +134,9 @@ def _iter_file(path: Path, label: str, schema: RecordSchema) -> Iterator[Record]
 # Readers: each yields (where, record, fallback id)
 
 
-def _open_text(path: Path) -> IO[str]:
-    """Open as UTF-8 text, transparently un-gzipping (by content, so a mislabelled .json.gz still works)."""
-    with path.open("rb") as fh:
-        magic = fh.read(2)
-    if magic == _GZIP_MAGIC:
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return path.open("r", encoding="utf-8-sig", newline="")
-
-
-def _unreadable(label: str, exc: BaseException) -> DataError:
-    return DataError(
-        f"{label}: cannot be read as UTF-8 text ({type(exc).__name__}: {exc}). "
-        "The file may be truncated, binary or in another encoding; re-download it or save it as UTF-8."
-    )
-
-
 def read_json(path: Path, label: str) -> Any:
     """A whole JSON document (plain or gzip), with errors that say where the file is broken."""
-    try:
-        with _open_text(path) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{label}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}. "
-            "Fix the file there (a truncated download or a hand edit is the usual cause) or re-download it."
-        ) from exc
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
+    return read_json_file(path, label)
 
 
 def _iter_json(path: Path, label: str, schema: RecordSchema) -> Iterator[Record]:
@@ -187,10 +161,10 @@ def _iter_json(path: Path, label: str, schema: RecordSchema) -> Iterator[Record]
 
 
 def _first_line_is_object(path: Path) -> bool:
-    with contextlib.suppress(Exception), _open_text(path) as fh:
+    with contextlib.suppress(Exception), open_text(path) as fh:
         for line in fh:
             if line.strip():
-                return isinstance(json.loads(line), dict)
+                return isinstance(parse_json(line, str(path)), dict)
     return False
 
 
@@ -206,12 +180,12 @@ def iter_flat(items: list[Any], label: str, prefix: str) -> Iterator[Record]:
 def _iter_jsonl(path: Path, label: str, schema: RecordSchema) -> Iterator[Record]:
     n = 0
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             for line_no, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = parse_json(line, f"{label}: line {line_no}")
                 except json.JSONDecodeError as exc:
                     raise DataError(
                         f"{label}: line {line_no}: not valid JSON at column {exc.colno}: {exc.msg}. "
@@ -225,7 +199,7 @@ def _iter_jsonl(path: Path, label: str, schema: RecordSchema) -> Iterator[Record
                 n += 1
                 yield f"line {line_no}", record, f"row-{n}"
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
+        raise unreadable(label, exc) from exc
 
 
 def _require_columns(label: str, columns: list[str], schema: RecordSchema) -> None:
@@ -241,7 +215,7 @@ def _iter_csv(path: Path, label: str, schema: RecordSchema) -> Iterator[Record]:
     """CSV rows; structured cells (SQuAD's answers) hold JSON (or a Python literal, as pandas' to_csv writes it)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None:
                 return  # empty file: reported as "contains no questions"
@@ -255,14 +229,14 @@ def _iter_csv(path: Path, label: str, schema: RecordSchema) -> Iterator[Record]:
     except csv.Error as exc:
         raise DataError(f"{label}: not valid CSV ({exc}). Check the quoting around that line.") from exc
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _unreadable(label, exc) from exc
+        raise unreadable(label, exc) from exc
 
 
 def _decode_cell(cell: str | None, label: str, where: str, name: str, hint: str) -> Any:
     if cell is None or not cell.strip():
         return None  # reported by the task's validation as a missing field
     try:
-        return json.loads(cell)
+        return parse_json(cell, f"{label}: {where}: field '{name}'")
     except json.JSONDecodeError:
         pass
     try:

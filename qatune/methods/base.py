@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qatune.errors import ConfigError
+from qatune.ranges import Range
 
 
 @dataclass
@@ -16,7 +17,8 @@ class Method:
 
     ``defaults`` are the documented per-method hyperparameters; ``learning_rate`` is the
     default when the user gives none. ``mergeable``: adapter weights can be folded into the base weights
-    for inference/export.
+    for inference/export. ``ranges``: checked when a config is built, so ``lora.r=0`` is refused before
+    PEFT sees it.
     """
 
     name: str
@@ -24,7 +26,9 @@ class Method:
     learning_rate: float
     defaults: dict[str, Any] = field(default_factory=dict)
     mergeable: bool = True
+    ranges: dict[str, Range] = field(default_factory=dict)  # numeric options: allowed values (qatune.ranges)
     virtual_tokens: bool = False  # prepends virtual tokens (prefix/prompt methods)
+    takes_positions: bool = False  # the virtual tokens occupy input positions (prompt, P-tuning; not prefix)
     is_peft: bool = True
 
 
@@ -47,6 +51,9 @@ class MethodRegistry:
             return self._methods[name], {}
         match = self._VARIANT.match(name)
         if match and match["base"] in self._methods and "layers" in self._methods[match["base"]].defaults:
+            if int(match["n"]) < 1:  # lora-last0 used to mean "every layer" without a word
+                raise ConfigError(f"method '{name}': the last-N-layers variant needs N >= 1 (e.g. "
+                                  f"{match['base']}-last4), got {match['n']}")
             return self._methods[match["base"]], {"layers": int(match["n"])}
         raise ConfigError(
             f"unknown method '{name}'. Choose one of: {', '.join(self.names())} "

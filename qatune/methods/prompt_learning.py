@@ -8,12 +8,16 @@ labels, logits and offset mappings stay aligned. Prefix tuning adds keys/values 
 from __future__ import annotations
 
 from qatune.methods.base import Method, registry
+from qatune.ranges import Range
+
+_VIRTUAL = Range(1, why="virtual tokens prepended to every window, e.g. 20")
 
 registry.register(Method(
     name="prefix",
     description="prefix tuning (trainable key/value prefixes in every layer)",
     learning_rate=1e-2,
     defaults={"num_virtual_tokens": 20, "prefix_projection": False},
+    ranges={"num_virtual_tokens": _VIRTUAL},
     mergeable=False,
     virtual_tokens=True,
 ))
@@ -23,8 +27,10 @@ registry.register(Method(
     description="P-tuning: virtual tokens produced by a prompt encoder (MLP)",
     learning_rate=1e-2,
     defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128},
+    ranges={"num_virtual_tokens": _VIRTUAL, "encoder_hidden_size": Range(1, why="the prompt encoder's width")},
     mergeable=False,
     virtual_tokens=True,
+    takes_positions=True,
 ))
 
 registry.register(Method(
@@ -32,8 +38,10 @@ registry.register(Method(
     description="prompt tuning (trainable virtual-token embeddings)",
     learning_rate=3e-2,
     defaults={"num_virtual_tokens": 20},
+    ranges={"num_virtual_tokens": _VIRTUAL},
     mergeable=False,
     virtual_tokens=True,
+    takes_positions=True,
 ))
 
 

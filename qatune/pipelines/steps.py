@@ -115,6 +115,7 @@ def prepare_data(shared: dict[str, Any], train: str, eval: str | None, out_dir: 
     from qatune.backends import get_backend
     from qatune.config import config_from_dict
     from qatune.tasks import get_task
+    from qatune.training.trainer import check_window_fits
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,7 @@ def prepare_data(shared: dict[str, Any], train: str, eval: str | None, out_dir: 
     task = get_task(cfg.task)
     options = cfg.task_config()
     tokenizer = get_backend(cfg.backend).load_tokenizer(cfg.model, task.model, cfg.backend_config())
+    check_window_fits(tokenizer, cfg)
     info: dict[str, Any] = {"model": cfg.model, "max_seq_length": cfg.max_seq_length, **cfg.task_options}
     reports: dict[str, Any] = {}
     for name, source, limit, split in (("train", train, cfg.max_train_samples, None),

@@ -8,9 +8,12 @@ Endpoints::
     GET  /            a web page: paste a context, ask, see the answer highlighted
     GET  /docs        OpenAPI docs (/openapi.json)
 
-Concurrent requests are micro-batched (:mod:`qatune.serve.batcher`). Every bad input gets a 4xx JSON error
+Concurrent requests are micro-batched and interleaved window by window (:mod:`qatune.serve.batcher`); the
+work of one request is bounded (``--max-request-chars``, ``--max-request-windows``) and a request whose client
+disconnected is dropped before its windows are computed. Every bad input gets a 4xx JSON error
 ``{"error": {"status": 422, "code": "...", "message": "...", "field": "questions[2].context"}}``: a body that
-is too big, not UTF-8 or not JSON; missing, empty, too long or wrongly typed fields; too many questions.
+is too big, not UTF-8 or not JSON (nested too deeply included); missing, empty, too long, wrongly typed fields
+or text with lone UTF-16 surrogates; too many questions or too much work.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from qatune import __version__
 from qatune.errors import QatuneError
-from qatune.serve.batcher import BatcherClosed, MicroBatcher, pipeline_batch_fn
+from qatune.serve.batcher import BatcherClosed, MicroBatcher, WorkTooLarge, pipeline_batch_fn
 
 log = logging.getLogger("qatune.serve")
 
@@ -55,16 +59,27 @@ class ServeSettings:
     max_question_chars: int = 2_000
     max_questions: int = 64  # in one {"questions": [...]} request
     max_top_k: int = 20
+    # The work one request may cause: characters of all its contexts (bounds tokenizing, checked before it)
+    # and windows after tokenizing (bounds the model's work; a 100,000-character context is about 80-100).
+    max_request_chars: int = 100_000
+    max_request_windows: int = 128
+    # Windows of one request per step: a heavy request adds this much to the step small ones wait for
+    # (lower: small requests pass heavy ones sooner; higher: a lone long request runs in bigger batches).
+    request_step_windows: int = 1
     drain_timeout_s: float = 30.0  # at shutdown, how long queued work may take to finish
     api_key: str | None = None  # None: no authentication
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "batch_size", "max_body_bytes", "max_context_chars", "max_question_chars",
-                     "max_questions", "max_top_k"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_wait_ms < 0:
-            raise ValueError("max_wait_ms must be >= 0")
+                     "max_questions", "max_top_k", "max_request_chars", "max_request_windows",
+                     "request_step_windows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        _check_number("max_wait_ms", self.max_wait_ms, 0.0, MAX_WAIT_MS_LIMIT)
+        _check_number("drain_timeout_s", self.drain_timeout_s, 0.0, None)
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty")
 
@@ -73,6 +88,18 @@ class ServeSettings:
         out.pop("api_key")
         out["auth"] = self.api_key is not None
         return out
+
+
+MAX_WAIT_MS_LIMIT = 1000.0  # a batch that waits longer for company only adds latency
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None) -> None:
+    """``value`` is a finite number in [low, high]; NaN and infinity are refused (they compare as neither)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        raise ValueError(f"{name} must be {bound}, got {value:g}")
 
 
 class ApiError(Exception):
@@ -128,6 +155,10 @@ def decode_json_body(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
                             f"{exc.colno}", code="invalid_json") from None
+    except RecursionError:  # valid JSON, but [[[[...]]]] thousands deep exhausts the parser's stack
+        raise ApiError(400, "the request body is nested too deeply to parse; a request is one object with "
+                            "'question' and 'context' strings (or a 'questions' list of them)",
+                       code="invalid_json") from None
     except ValueError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
 
@@ -146,6 +177,12 @@ def _text_field(obj: dict[str, Any], key: str, prefix: str, limit: int, flag: st
                        code="wrong_type")
     if not value.strip():
         raise ApiError(422, f"field '{name}' is empty", field=name, code="empty_field")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON can escape half a UTF-16 pair ("\ud800"): not text
+        raise ApiError(422, f"field '{name}' has a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x}) at "
+                            f"character {exc.start}; send valid Unicode text", field=name,
+                       code="invalid_text") from None
     if len(value) > limit:
         raise ApiError(413, f"field '{name}' is {len(value):,} characters; this server accepts at most "
                             f"{limit:,} ({flag})", field=name, code="too_long")
@@ -194,6 +231,7 @@ def parse_answer_request(data: Any, settings: ServeSettings) -> ParsedRequest:
     if "questions" not in data:
         _no_unknown_keys(data, SINGLE_KEYS, "")
         q, c, k = item(data, "", 1)
+        _check_request_chars([(q, c)], settings, "context")
         return ParsedRequest([(q, c)], [k], single=True)
     if "question" in data or "context" in data:
         raise ApiError(422, "give either 'question' and 'context', or a 'questions' list, not both",
@@ -220,7 +258,17 @@ def parse_answer_request(data: Any, settings: ServeSettings) -> ParsedRequest:
         q, c, k = item(obj, prefix, default_k)
         pairs.append((q, c))
         ks.append(k)
+    _check_request_chars(pairs, settings, "questions")
     return ParsedRequest(pairs, ks, single=False)
+
+
+def _check_request_chars(pairs: list[tuple[str, str]], settings: ServeSettings, field: str) -> None:
+    total = sum(len(c) for _, c in pairs)
+    if total > settings.max_request_chars:
+        raise ApiError(413, f"the contexts of this request are {total:,} characters in all; this server accepts "
+                            f"at most {settings.max_request_chars:,} per request (--max-request-chars); send fewer "
+                            "or shorter contexts, or split the request", field=field,
+                       code="too_much_work")
 
 
 def _answer_dict(answer: Any) -> dict[str, Any]:
@@ -300,6 +348,34 @@ def _json_response(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def make_engine(pipeline: Any, batch_size: int) -> Any:
+    """Per-window scheduling when the predictor offers a window engine (the task's, e.g. QAPipeline's);
+    anything else with ``answer_batch`` runs per question."""
+    window_engine = getattr(pipeline, "window_engine", None)
+    if callable(window_engine):
+        return window_engine(batch_size)
+    return pipeline_batch_fn(pipeline, batch_size)
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error message may quote client text that is not valid Unicode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client has gone away (the ASGI server sends ``http.disconnect``).
+
+    Called once the body has been read, so the only message left to receive is the disconnect; the server
+    sends it the moment the connection drops, not when the response is ready.
+    """
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
 def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir: str | Path | None = None,
                metrics: dict[str, Any] | None = None, **overrides: Any) -> FastAPI:
     """A FastAPI app answering with ``pipeline`` (anything with ``answer_batch`` and ``info``).
@@ -310,8 +386,10 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
     settings = replace(settings or ServeSettings(), **overrides)
     run_metrics = dict(metrics) if metrics is not None else read_metrics(run_dir)
     n_best = int(getattr(pipeline, "n_best", 20))
-    batcher = MicroBatcher(pipeline_batch_fn(pipeline, settings.batch_size), max_batch=settings.max_batch,
-                           max_wait_ms=settings.max_wait_ms, enabled=settings.batching, n_best=n_best)
+    batcher = MicroBatcher(make_engine(pipeline, settings.batch_size), max_batch=settings.max_batch,
+                           max_wait_ms=settings.max_wait_ms, enabled=settings.batching, n_best=n_best,
+                           max_windows=settings.max_request_windows, step_chars=settings.max_request_chars,
+                           per_job=settings.request_step_windows)
     page = index_html()
     api_key = settings.api_key.encode() if settings.api_key else None
 
@@ -337,20 +415,20 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(error_body(exc.status, exc.message, exc.field, exc.code), status_code=exc.status,
-                            headers=headers)
+        return SafeJSONResponse(error_body(exc.status, exc.message, exc.field, exc.code), status_code=exc.status,
+                                headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return SafeJSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
+                                headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
-        return JSONResponse(error_body(422, f"{field or 'request'}: {first.get('msg', 'invalid')}", field or None),
-                            status_code=422)
+        return SafeJSONResponse(error_body(422, f"{field or 'request'}: {first.get('msg', 'invalid')}",
+                                           field or None), status_code=422)
 
     async def require_key(request: Request) -> None:  # async: a sync dependency costs a thread hop per request
         if api_key is None:
@@ -393,35 +471,47 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
               responses={200: _json_response(_RESULT_SCHEMA, "the answers, best first"),
                          400: _json_response(_ERROR_SCHEMA, "body is empty, not UTF-8 or not JSON"),
                          401: _json_response(_ERROR_SCHEMA, "missing or wrong API key"),
-                         413: _json_response(_ERROR_SCHEMA, "body, context, question or batch too large"),
+                         413: _json_response(_ERROR_SCHEMA, "body, context, question, batch or work too large"),
                          422: _json_response(_ERROR_SCHEMA, "missing, empty or wrongly typed field"),
                          503: _json_response(_ERROR_SCHEMA, "the server is shutting down")})
     async def answer(request: Request) -> JSONResponse:
         """Extract the answer to each question from its context: text, probability-like score and character
         offsets (``context[start:end] == text``; -1 and ``no_answer: true`` when the model abstains)."""
         t0 = time.perf_counter()
-        with batcher.arriving_request():  # a forming batch may wait for this request
-            parsed = parse_answer_request(decode_json_body(await read_body(request)), settings)
         try:
-            if len(set(parsed.top_ks)) == 1:
-                results = await batcher.submit(parsed.pairs, parsed.top_ks[0])
-            else:  # one job per top_k; the batcher still runs them together
-                by_k: dict[int, list[int]] = {}
-                for i, k in enumerate(parsed.top_ks):
-                    by_k.setdefault(k, []).append(i)
-                parts = await asyncio.gather(*(batcher.submit([parsed.pairs[i] for i in idx], k)
-                                               for k, idx in by_k.items()))
-                results = [None] * len(parsed.pairs)
-                for idx, part in zip(by_k.values(), parts, strict=True):
-                    for i, r in zip(idx, part, strict=True):
-                        results[i] = r
+            with batcher.arriving_request():  # a forming batch may wait for this request
+                parsed = parse_answer_request(decode_json_body(await read_body(request)), settings)
+        except ClientDisconnect:  # gone before the body arrived: nothing to answer, nothing to compute
+            return SafeJSONResponse(error_body(499, "the client closed the connection", code="client_gone"),
+                                    status_code=499)
+        work = asyncio.ensure_future(batcher.submit(parsed.pairs, parsed.top_ks))
+        gone = asyncio.ensure_future(wait_for_disconnect(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():  # the client went away: drop its work before the batcher computes it
+                work.cancel()
+                log.info("qatune: client disconnected; its request was dropped")
+                return SafeJSONResponse(error_body(499, "the client closed the connection", code="client_gone"),
+                                        status_code=499)
+            results = work.result()
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when --graceful-timeout is over: answer as documented
+            work.cancel()
+            return SafeJSONResponse(error_body(503, "the server shut down before this request was answered "
+                                                    "(--graceful-timeout)", code="shutting_down"), status_code=503)
         except BatcherClosed as exc:
             raise ApiError(503, str(exc), code="shutting_down") from None
+        except WorkTooLarge as exc:
+            raise ApiError(413, f"{exc} (--max-request-windows {exc.limit}); send shorter contexts or fewer "
+                                "questions, or split the request", field="questions" if not parsed.single
+                           else "context", code="too_much_work") from None
         except QatuneError as exc:
             raise ApiError(422, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             log.exception("qatune: answering failed")
             raise ApiError(500, f"internal error while answering: {type(exc).__name__}") from None
+        finally:
+            gone.cancel()
         took = round((time.perf_counter() - t0) * 1000, 2)
         if parsed.single:
             body = _result(results[0])

@@ -143,8 +143,8 @@ class Task(Protocol):
     def record(self, options: Any) -> dict[str, Any]:
         """Values a trained run keeps in ``qatune.yaml`` beside the config for inference."""
 
-    def score_files(self, data: str, predictions: dict[str, Any], **options: Any) -> dict[str, Any]:
-        """The task's official metric of a predictions file against labelled data (``qatune score``)."""
+    def score_files(self, data: str, predictions: str, **options: Any) -> dict[str, Any]:
+        """The task's official metric of a predictions file (a path) against labelled data (``qatune score``)."""
 
     # -- training ----------------------------------------------------------------------------------
     def features(self, examples: Sequence[Any], tokenizer: Any, options: Any, max_seq_length: int,

@@ -165,6 +165,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def check_window_fits(tokenizer: Any, cfg: TrainConfig) -> None:
+    """``max_seq_length`` plus the virtual tokens of prompt/P-tuning must fit the model's positions (the
+    tokenizer's ``model_max_length``); past it, training dies with a tensor size mismatch at the first long
+    window, possibly mid-epoch. Tokenizers that do not know their limit are not checked."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(limit, int) or limit > 1_000_000:  # unset: transformers' VERY_LARGE_INTEGER
+        return
+    method, _ = registry.resolve(cfg.method)
+    virtual = 0
+    if method.takes_positions:
+        virtual = int(registry.options(cfg.method, cfg.options_for(method.name)).get("num_virtual_tokens") or 0)
+    if cfg.max_seq_length + virtual > limit:
+        plus = f" + {virtual} virtual tokens of {method.name}" if virtual else ""
+        raise ConfigError(f"config key 'max_seq_length': {cfg.max_seq_length}{plus} is more than the {limit} "
+                          f"positions model {cfg.model} has; use max_seq_length <= {limit - virtual}"
+                          + (f" or fewer {method.name}.num_virtual_tokens" if virtual else ""))
+
+
 def _log(msg: str) -> None:
     if runtime.is_main_process():
         print(f"qatune: {msg}", file=sys.stderr, flush=True)
@@ -223,6 +241,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     eval_examples, eval_report, eval_features = [], None, None
     with runtime.main_process_first():
         tokenizer = backend.load_tokenizer(cfg.model, task.model, backend_options)
+        check_window_fits(tokenizer, cfg)
         train_examples, train_report = task.read(cfg.train, cfg.max_train_samples)
         _log(train_report.summary())
         if evaluating and is_main:

@@ -128,7 +128,8 @@ class HFBackend:
                              "copied); restore it, or retrain with `qatune train --output DIR`")
         tokenizer = load_tokenizer(str(path), needs_offsets=spec.needs_offsets)
         if not method.is_peft:
-            model = load_model_for_task(str(path), auto_class, attention_dropout=attention_dropout)
+            model = load_model_for_task(str(path), auto_class, attention_dropout=attention_dropout,
+                                        head_expected=True)
         else:
             from peft import PeftModel
 

@@ -73,13 +73,19 @@ def disable_attention_dropout(config: Any, value: float) -> None:
 
 
 def load_model_for_task(name: str, auto_class: str, attention_dropout: float | None = None,
-                        trust_remote_code: bool = False, head_options: dict[str, Any] | None = None,
-                        **kwargs: Any) -> Any:
+                        trust_remote_code: bool = False, head_expected: bool = False,
+                        head_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """Load ``name`` with ``transformers.<auto_class>``; a fresh task head is initialised if missing.
 
-    ``head_options`` set config fields the head needs (e.g. ``num_labels``)."""
+    ``head_options`` set config fields the head needs (e.g. ``num_labels``). transformers' own loading
+    report is silenced (a fresh head is the normal case when training starts); what in it matters is said
+    by qatune instead (:func:`qatune.quiet.report_loading`): encoder weights missing from the checkpoint,
+    or no head where ``head_expected`` (a trained full model).
+    """
     import transformers
     from transformers.utils import logging as hf_logging
+
+    from qatune.quiet import report_loading
 
     path = resolve_model(name)
     cls = getattr(transformers, auto_class)
@@ -94,12 +100,15 @@ def load_model_for_task(name: str, auto_class: str, attention_dropout: float | N
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized qa_outputs" is expected for a fresh head
     try:
-        return cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
-                                   attn_implementation="sdpa", **kwargs)
+        model, info = cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                          attn_implementation="sdpa", output_loading_info=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         try:
-            return cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, **kwargs)
+            model, info = cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                              output_loading_info=True, **kwargs)
         except Exception:  # noqa: BLE001
             raise _load_error(path, exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    report_loading(path, model, info, head_expected)
+    return model

@@ -39,6 +39,22 @@ def default_targets(model: Any) -> list[str] | None:
     return ATTENTION_TARGETS.get(getattr(model.config, "model_type", ""))
 
 
+def build_peft(method: str, model: Any, config_cls: Any, **kwargs: Any) -> Any:
+    """``get_peft_model(model, config_cls(**kwargs))``, with PEFT's own refusals of the user's options (a target
+    module the model lacks, ``r=0`` through the passthrough, an unknown argument) as a one-line ConfigError
+    naming the method, instead of an internal error."""
+    import peft
+
+    try:
+        config = config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"method '{method}' ({config_cls.__name__}): {exc}") from None
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"method '{method}': PEFT cannot apply these options to the model: {exc}") from None
+
+
 def _full(model: Any, options: dict[str, Any], task_type: str) -> Any:
     for param in model.parameters():
         param.requires_grad_(True)
@@ -65,7 +81,7 @@ def _lora_like(config_cls_name: str) -> Callable[[Any, dict[str, Any], str], Any
             kwargs["alpha"] = opts.pop("alpha")
             kwargs["rank_dropout"] = opts.pop("dropout")
         kwargs.update(opts)
-        return peft.get_peft_model(model, config_cls(**kwargs))
+        return build_peft(config_cls_name.removesuffix("Config").lower(), model, config_cls, **kwargs)
 
     return build
 
@@ -74,21 +90,20 @@ def _ia3(model: Any, options: dict[str, Any], task_type: str) -> Any:
     import peft
 
     opts = dict(options)
-    config = peft.IA3Config(
+    return build_peft(
+        "ia3", model, peft.IA3Config,
         task_type=task_type,
         target_modules=opts.pop("target_modules", None),
         feedforward_modules=opts.pop("feedforward_modules", None),
         **opts,
     )
-    return peft.get_peft_model(model, config)
 
 
-def _prompt_method(config_cls_name: str) -> Callable[[Any, dict[str, Any], str], Any]:
+def _prompt_method(name: str, config_cls_name: str) -> Callable[[Any, dict[str, Any], str], Any]:
     def build(model: Any, options: dict[str, Any], task_type: str) -> Any:
         import peft
 
-        config_cls = getattr(peft, config_cls_name)
-        return peft.get_peft_model(model, config_cls(task_type=task_type, **options))
+        return build_peft(name, model, getattr(peft, config_cls_name), task_type=task_type, **options)
 
     return build
 
@@ -103,11 +118,7 @@ def _passthrough(model: Any, options: dict[str, Any], task_type: str) -> Any:
     if config_cls is None:
         raise ConfigError(f"method 'peft' needs peft_type: the name of a PEFT config class, got {name!r} "
                           "(e.g. AdaLoraConfig, VeraConfig, BOFTConfig)")
-    try:
-        config = config_cls(task_type=task_type, **opts)
-    except TypeError as exc:
-        raise ConfigError(f"method 'peft' ({name}): {exc}") from None
-    return peft.get_peft_model(model, config)
+    return build_peft("peft", model, config_cls, task_type=task_type, **opts)
 
 
 BUILDERS: dict[str, Callable[[Any, dict[str, Any], str], Any]] = {
@@ -115,8 +126,8 @@ BUILDERS: dict[str, Callable[[Any, dict[str, Any], str], Any]] = {
     "lora": _lora_like("LoraConfig"),
     "loha": _lora_like("LoHaConfig"),
     "ia3": _ia3,
-    "prefix": _prompt_method("PrefixTuningConfig"),
-    "ptuning": _prompt_method("PromptEncoderConfig"),
-    "prompt": _prompt_method("PromptTuningConfig"),
+    "prefix": _prompt_method("prefix", "PrefixTuningConfig"),
+    "ptuning": _prompt_method("ptuning", "PromptEncoderConfig"),
+    "prompt": _prompt_method("prompt", "PromptTuningConfig"),
     "peft": _passthrough,
 }

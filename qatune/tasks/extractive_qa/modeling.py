@@ -9,10 +9,17 @@ Two things PEFT's ``PeftModelForQuestionAnswering.forward`` gets wrong for BERT-
 ``QASpanModel`` runs the base model itself (adapter layers still active), prepends virtual tokens with
 a zero segment id, and returns logits aligned with the real input tokens, so the labels, the offset
 mappings and the decoded spans all refer to the same positions. It is an ``nn.Module`` so DDP can wrap it.
+
+Prefix tuning hands its key/value prefixes to the encoder as a cache. transformers 5.24 renamed BERT's
+``past_key_values`` argument to ``cache`` (the old name is a deprecated alias until 5.40), and PEFT 0.21's own
+prefix forward looks only for the old name, so it cannot run at all there. qatune reads the argument's name
+from the encoder's signature (:func:`cache_argument`) and passes the prefixes under it, on either version.
 """
 
 from __future__ import annotations
 
+import inspect
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -24,6 +31,30 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 def _peft_config(model: Any) -> Any:
     return getattr(model, "active_peft_config", None)
+
+
+@lru_cache(maxsize=None)
+def _cache_argument_of(forward_owner: type) -> str | None:
+    params = inspect.signature(forward_owner.forward).parameters  # follows the deprecation wrapper's __wrapped__
+    for name in ("cache", "past_key_values"):  # transformers >= 5.24, then earlier versions
+        if name in params:
+            return name
+    return None
+
+
+def cache_argument(module: nn.Module) -> str:
+    """The keyword under which ``module.forward`` takes a key/value cache (``cache`` or ``past_key_values``).
+
+    Read from the signature rather than by trying a call, so the deprecated alias is never used and an
+    encoder without a cache argument is reported as such instead of failing deep inside the forward pass.
+    """
+    from qatune.errors import ModelError
+
+    name = _cache_argument_of(type(module))
+    if name is None:
+        raise ModelError(f"{type(module).__name__}.forward takes no key/value cache (neither 'cache' nor "
+                         "'past_key_values'), which prefix tuning needs; use another method (e.g. lora or prompt)")
+    return name
 
 
 class QASpanModel(nn.Module):
@@ -65,7 +96,7 @@ class QASpanModel(nn.Module):
         if config.peft_type.value == "PREFIX_TUNING":
             past = peft_model.get_prompt(batch)
             backbone = base.get_submodule(peft_model.transformer_backbone_name)
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": past}
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, cache_argument(backbone): past}
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
             hidden = backbone(**kwargs)[0]

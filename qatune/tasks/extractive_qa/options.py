@@ -10,10 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from qatune.errors import ConfigError
+from qatune.ranges import Range
 
 # special tokens a question/context pair adds: 3 for BERT ([CLS] q [SEP] c [SEP]), 4 for RoBERTa
 _PAIR_SPECIAL_TOKENS = 4
 _DEFAULT_STRIDE = 128
+
+
+# what makes sense for each value (named by the flat key, as the user usually gives it)
+RANGES: dict[str, Range] = {
+    "max_seq_length": Range(_PAIR_SPECIAL_TOKENS + 2,
+                            why="tokens per window: special tokens, question and context must fit"),
+    "n_best": Range(1, why="start/end candidates kept per window"),
+    "max_answer_length": Range(1, why="the longest answer in tokens"),
+}
 
 
 @dataclass
@@ -47,13 +57,9 @@ def resolve_options(values: dict[str, Any], max_seq_length: int) -> QAOptions:
     if "doc_stride" not in values:
         values["doc_stride"] = auto_doc_stride(max_seq_length)
     options = QAOptions(**values)
-    for name in ("n_best", "max_answer_length"):
-        if getattr(options, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(options, name)}")
-    limit = max_doc_stride(max_seq_length)
-    if limit < 0:
-        raise ConfigError(f"max_seq_length must be at least {_PAIR_SPECIAL_TOKENS + 2} (special tokens, question "
-                          f"and context), got {max_seq_length}")
+    for name, allowed in RANGES.items():
+        allowed.check(name, max_seq_length if name == "max_seq_length" else getattr(options, name))
+    limit = max_doc_stride(max_seq_length)  # >= 0: max_seq_length is in range
     if not 0 <= options.doc_stride <= limit:
         raise ConfigError(f"doc_stride must be in [0, {limit}] for max_seq_length={max_seq_length} (each "
                           f"window needs special tokens, the question and new context beyond the overlap), got "

@@ -138,6 +138,12 @@ class QAPipeline:
             out.append(answers if top_k > 1 else answers[0])
         return out
 
+    def window_engine(self, batch_size: int = 32) -> Any:
+        """The server's engine for this predictor: tokenize, compute and decode per window (qatune serve)."""
+        from qatune.tasks.extractive_qa.serve_engine import PipelineEngine
+
+        return PipelineEngine(self, batch_size)
+
     @property
     def info(self) -> dict[str, Any]:
         cfg = self.run_config

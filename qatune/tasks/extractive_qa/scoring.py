@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from qatune.errors import DataError
 from qatune.tasks.base import EvalResult
 from qatune.tasks.extractive_qa.postprocess import final_answers, no_answer_probability
 from qatune.tasks.extractive_qa.types import QAExample
@@ -64,3 +68,73 @@ def eval_result(result: QAEvalResult, version_2: bool) -> EvalResult:
     if version_2:
         files["na_probs.json"] = result.na_probs
     return EvalResult(metrics=result.metrics, files=files, record={"null_threshold": result.null_threshold})
+
+
+# -- qatune score: the official metrics of prediction files ------------------------------------------
+
+def _read_json_map(path: str, what: str) -> dict[str, Any]:
+    """A JSON object file read through the shared safe parser, errors naming the file."""
+    from qatune.data.jsonio import parse_json, unreadable
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} file {p} does not exist")
+    try:
+        data = parse_json(p.read_text(encoding="utf-8"), f"{what} file {p}")
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise unreadable(f"{what} file {p}", exc) from None
+    if not isinstance(data, dict):
+        raise DataError(f"{what} file {p} must be a JSON object mapping question id -> value, "
+                        f"got a {type(data).__name__}")
+    return data
+
+
+def read_predictions(path: str) -> dict[str, str]:
+    """``{question_id: answer_text}``; any other value is a DataError naming the file and the id."""
+    from qatune.data.jsonio import short_repr
+
+    preds = _read_json_map(path, "predictions")
+    for qid, value in preds.items():
+        if not isinstance(value, str):
+            raise DataError(f"predictions file {path}: answer for id {qid!r} is not a string (got "
+                            f'{short_repr(value)}); give {{"question id": "answer text", ...}} ("" for no answer)')
+    return preds
+
+
+def read_na_probs(path: str) -> dict[str, float]:
+    """``{question_id: no-answer probability}``: finite numbers only, so no ``Infinity`` reaches the output."""
+    from qatune.data.jsonio import short_repr
+
+    na_probs = _read_json_map(path, "na-probs")
+    for qid, value in na_probs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f"na-probs file {path}: value for id {qid!r} is {short_repr(value)}, not a number; "
+                            "give a no-answer probability per question id")
+        if not math.isfinite(value):
+            raise DataError(f"na-probs file {path}: value for id {qid!r} is {value}, not a finite number; "
+                            "give a no-answer probability (e.g. between 0 and 1) per question id")
+    return na_probs
+
+
+def score_files(data: str, predictions: str, na_probs: str | None = None, na_prob_thresh: float = 1.0,
+                version: str | None = None) -> dict[str, Any]:
+    """The official SQuAD metrics of a predictions file (and, for v2.0, a no-answer probabilities file)
+    against the raw SQuAD JSON: the data file's declared version, else 2.0 when a question is unanswerable
+    or no-answer probabilities are given."""
+    from qatune.errors import ConfigError
+    from qatune.tasks.extractive_qa.squad import load_squad_for_scoring
+    from qatune.tasks.extractive_qa.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
+
+    dataset, declared = load_squad_for_scoring(data)
+    preds = read_predictions(predictions)
+    probs = read_na_probs(na_probs) if na_probs else None
+    if version is None and declared == "1.1" and probs is not None:
+        raise ConfigError(f"--na-probs is for SQuAD v2.0 scoring, but {data} declares version 1.1 (every "
+                          "question has an answer); drop --na-probs, or pass --version 2.0 to use v2.0 rules")
+    version = version or declared or ("2.0" if is_squad_v2(dataset) or probs is not None else "1.1")
+    if version == "1.1":
+        return dict(squad_v1_evaluate(dataset, preds))
+    return dict(squad_v2_evaluate(dataset, preds, na_probs=probs, na_prob_thresh=na_prob_thresh,
+                                  na_probs_source=na_probs))

@@ -14,6 +14,8 @@ carry an id, since SQuAD files are what predictions get scored against.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -21,11 +23,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qatune.data.jsonio import short_repr
 from qatune.data.readers import Record, RecordSchema, check_max_samples, iter_flat, open_records, read_json
 from qatune.errors import DataError
 from qatune.tasks.extractive_qa.types import GoldAnswer, LoadReport, QAExample
 
-__all__ = ["SQUAD_SCHEMA", "examples_to_squad_json", "load_qa_examples", "load_squad_dataset_json"]
+__all__ = [
+    "SQUAD_SCHEMA",
+    "declared_version",
+    "examples_to_squad_json",
+    "load_qa_examples",
+    "load_squad_dataset_json",
+    "load_squad_for_scoring",
+]
 
 _EXAMPLE_IDS = 3  # how many example ids a report note lists
 
@@ -43,14 +53,18 @@ def _missing_data_message(label: str, document: Any) -> str:
     )
 
 
-def _read_document(document: Any, label: str) -> Iterator[Record]:
+def _read_document(document: Any, label: str, declared: dict[str, str] | None = None) -> Iterator[Record]:
     """SQuAD JSON's ``{"data": [articles]}``; also ``{"data": [flat records]}`` (datasets' json loader with
-    field="data")."""
+    field="data"). The document's ``version`` ("1.1", "v2.0") goes into ``declared["version"]`` before the
+    first record."""
     if not isinstance(document, dict) or "data" not in document:
         raise DataError(_missing_data_message(label, document))
     data = document["data"]
     if not isinstance(data, list):
         raise DataError(f"{label}: field 'data' is a {type(data).__name__}, not a list of articles.")
+    version = declared_version(document.get("version"))
+    if version is not None and declared is not None:
+        declared["version"] = version
     if data and isinstance(data[0], dict) and "paragraphs" not in data[0] and "question" in data[0]:
         yield from iter_flat(data, label, "data")
         return
@@ -116,8 +130,10 @@ def load_qa_examples(
     """
     limit = check_max_samples(max_samples)
     label = os.fspath(source)
-    records, notes = open_records(label, SQUAD_SCHEMA, split, limit)
-    builder = _Builder(label, notes)
+    declared: dict[str, str] = {}  # filled by the SQuAD JSON reader before its first record
+    schema = dataclasses.replace(SQUAD_SCHEMA, read_document=functools.partial(_read_document, declared=declared))
+    records, notes = open_records(label, schema, split, limit)
+    builder = _Builder(label, notes, declared)
     with contextlib.closing(records) as stream:
         for where, record, fallback_id in itertools.islice(stream, limit):
             builder.add(where, record, fallback_id)
@@ -125,10 +141,17 @@ def load_qa_examples(
 
 
 def load_squad_dataset_json(source: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Return the raw SQuAD ``data`` article list, as the official scorers expect it.
+    """Return the raw SQuAD ``data`` article list, as the official scorers expect it (see
+    :func:`load_squad_for_scoring`, which also returns the declared version)."""
+    return load_squad_for_scoring(source)[0]
+
+
+def load_squad_for_scoring(source: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], str | None]:
+    """The raw SQuAD ``data`` article list and the file's declared version ("1.1", "2.0" or None).
 
     Kept separate from :func:`load_qa_examples` because the scorer must see the answers exactly as
-    written (no repairs, no drops).
+    written (no repairs, no drops). Every field the scorer reads is checked here, so a malformed file is
+    a :class:`DataError` naming the question, never a ``KeyError`` halfway through scoring.
     """
     label = os.fspath(source)
     path = Path(label).expanduser()
@@ -143,7 +166,31 @@ def load_squad_dataset_json(source: str | os.PathLike[str]) -> list[dict[str, An
             f"{label}: field 'data' is a {type(data).__name__}, not a list of articles. "
             'SQuAD JSON looks like {"version": ..., "data": [{"title": ..., "paragraphs": [...]}]}.'
         )
-    return data
+    version = declared_version(document.get("version"))
+    for where, qa, _ in _iter_articles(data, label):
+        qid = qa.get("id")
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not str(qid).strip():
+            raise DataError(f"{label}: {where}: field 'id' is {short_repr(qid)}; every question needs a string id "
+                            "(predictions are matched to questions by id).")
+        where = f'{where} (id "{qid}")'
+        answers = qa.get("answers", [])
+        if not isinstance(answers, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("text"), str) for a in answers
+        ):
+            raise DataError(f"{label}: {where}: field 'answers' must be a list of {{text, answer_start}} objects "
+                            f"whose text is a string, got {short_repr(answers)}.")
+        if version == "1.1" and (qa.get("is_impossible") is True or not answers):
+            raise DataError(f"{label}: {where}: {_v11_unanswerable(qa.get('is_impossible') is True)}")
+    return data, version
+
+
+def _v11_unanswerable(flagged: bool) -> str:
+    """Why a declared-v1.1 file may not hold an unanswerable question: one such record must not turn the
+    whole file into v2.0 data (v2 scoring, a no-answer threshold tuned on the same questions)."""
+    what = "is marked is_impossible" if flagged else "has no answers (answers: [])"
+    return (f'the question {what}, but the file declares "version": "1.1", where every question has an '
+            'answer. Give its answer, remove the question, or declare "version": "2.0" if the file holds '
+            "unanswerable questions.")
 
 
 def examples_to_squad_json(examples: list[QAExample], version: str) -> dict[str, Any]:
@@ -152,7 +199,7 @@ def examples_to_squad_json(examples: list[QAExample], version: str) -> dict[str,
     Articles are grouped by title and paragraphs by (title, context), in order of first appearance.
     ``is_impossible`` is written for every question in a v2 file and for unanswerable ones in v1.1.
     """
-    is_v2 = version.lstrip("vV").startswith("2")
+    is_v2 = declared_version(version) == "2.0"
     data: list[dict[str, Any]] = []
     articles: dict[str, dict[str, Any]] = {}
     paragraphs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -187,9 +234,10 @@ class _FieldProblem(Exception):
 class _Builder:
     """Validates flat records and applies the repair/drop rules, so every format behaves the same."""
 
-    def __init__(self, label: str, notes: list[str]) -> None:
+    def __init__(self, label: str, notes: list[str], declared: dict[str, str] | None = None) -> None:
         self.label = label
         self.report = LoadReport(source=label, notes=list(notes))
+        self._declared = declared if declared is not None else {}
         self.examples: list[QAExample] = []
         self._seen: dict[str, str] = {}
         self._read = 0
@@ -205,7 +253,10 @@ class _Builder:
 
     def add(self, where: str, record: dict[str, Any], fallback_id: str | None) -> None:
         self._read += 1
-        qid = _id_text(record.get("id"))
+        try:
+            qid = _id_text(record.get("id"))
+        except _FieldProblem as exc:
+            raise self._fail(where, str(exc)) from exc
         if qid is None:
             if fallback_id is None:
                 raise self._fail(
@@ -234,7 +285,13 @@ class _Builder:
                 where,
                 "field 'context' is missing or empty. Every question needs the passage that holds its answer.",
             )
-        title = "" if record.get("title") is None else str(record["title"])
+        title = record.get("title")
+        if title is None:
+            title = ""
+        elif isinstance(title, (str, int, float)) and not isinstance(title, bool):
+            title = str(title)
+        else:
+            raise self._fail(where, f"field 'title' is {short_repr(title)}; give the article title as text.")
         try:
             flag = _parse_flag(record.get("is_impossible"))
         except _FieldProblem as exc:
@@ -250,6 +307,8 @@ class _Builder:
             pairs = _answer_pairs(raw_answers) if raw_answers is not None else []
         except _FieldProblem as exc:
             raise self._fail(where, str(exc)) from exc
+        if self._declared.get("version") == "1.1" and (flag is True or not pairs):
+            raise self._fail(where, _v11_unanswerable(flag is True))
 
         if flag is True or (flag is None and not pairs):
             if flag is True and pairs:
@@ -272,12 +331,12 @@ class _Builder:
         answers: list[GoldAnswer] = []
         for i, (text, start) in enumerate(pairs):
             if not isinstance(text, str):
-                raise self._fail(where, f"answers[{i}].text is {text!r}, not a string.")
+                raise self._fail(where, f"answers[{i}].text is {short_repr(text)}, not a string.")
             offset = _as_int(start)
             if offset is None:
                 raise self._fail(
                     where,
-                    f"answers[{i}].answer_start is {start!r}, not an integer. Give the character offset "
+                    f"answers[{i}].answer_start is {short_repr(start)}, not an integer. Give the character offset "
                     "where the answer text starts in the context.",
                 )
             if not text.strip():
@@ -314,7 +373,8 @@ class _Builder:
                 "Fix the answer texts and answer_start offsets."
             )
         report.questions = len(self.examples)
-        report.version = "2.0" if any(e.is_impossible for e in self.examples) else "1.1"
+        report.version = self._declared.get("version") or (
+            "2.0" if any(e.is_impossible for e in self.examples) else "1.1")
         notes = report.notes
         if self._generated_ids:
             notes.append(
@@ -354,10 +414,30 @@ def _ids(ids: list[str]) -> str:
 
 
 def _id_text(value: Any) -> str | None:
+    """The id as text; None when absent or empty. Lists, objects and non-finite numbers are refused."""
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return None  # an empty cell in a table
+        raise _FieldProblem(f"field 'id' is {value}; give a string or a whole number.")
+    if not isinstance(value, (str, int, float)):
+        raise _FieldProblem(f"field 'id' is {short_repr(value)}; give a string or a whole number.")
     text = str(value)
     return text if text.strip() else None
+
+
+def declared_version(value: Any) -> str | None:
+    """A SQuAD file's ``version`` field as "1.1" or "2.0" ("v2.0", 2 and "2.0" alike); None if absent or
+    not a SQuAD version, in which case the questions decide (any unanswerable one makes the data v2.0)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    text = str(value).strip().lstrip("vV")
+    if text[:1] == "1":
+        return "1.1"
+    if text[:1] == "2":
+        return "2.0"
+    return None
 
 
 def _parse_flag(value: Any) -> bool | None:
@@ -378,7 +458,7 @@ def _parse_flag(value: Any) -> bool | None:
             return True
         if lowered in ("false", "0", "no"):
             return False
-    raise _FieldProblem(f"field 'is_impossible' is {value!r}; use true or false.")
+    raise _FieldProblem(f"field 'is_impossible' is {short_repr(value)}; use true or false.")
 
 
 def _answer_pairs(value: Any) -> list[tuple[Any, Any]]:
@@ -388,7 +468,7 @@ def _answer_pairs(value: Any) -> list[tuple[Any, Any]]:
         if not isinstance(texts, (list, tuple)) or not isinstance(starts, (list, tuple)):
             raise _FieldProblem(
                 "field 'answers' must be a list of {text, answer_start} objects, or a mapping whose 'text' and "
-                f"'answer_start' are lists; got a mapping with text={texts!r:.60}. Wrap a single answer in [ ]."
+                f"'answer_start' are lists; got a mapping with text={short_repr(texts)}. Wrap a single answer in [ ]."
             )
         if len(texts) != len(starts):
             raise _FieldProblem(
@@ -401,13 +481,13 @@ def _answer_pairs(value: Any) -> list[tuple[Any, Any]]:
         for i, item in enumerate(value):
             if not isinstance(item, dict) or "text" not in item or "answer_start" not in item:
                 raise _FieldProblem(
-                    f"answers[{i}] must be an object with 'text' and 'answer_start', got {item!r:.80}."
+                    f"answers[{i}] must be an object with 'text' and 'answer_start', got {short_repr(item)}."
                 )
             pairs.append((item["text"], item["answer_start"]))
         return pairs
     raise _FieldProblem(
         f"field 'answers' must be a list of {{text, answer_start}} objects (or a "
-        f'{{"text": [...], "answer_start": [...]}} mapping), got {type(value).__name__} {value!r:.60}.'
+        f'{{"text": [...], "answer_start": [...]}} mapping), got {type(value).__name__} {short_repr(value)}.'
     )
 
 

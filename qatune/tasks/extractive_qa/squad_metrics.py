@@ -244,6 +244,7 @@ def squad_v2_evaluate(
     predictions: dict[str, str],
     na_probs: dict[str, float] | None = None,
     na_prob_thresh: float = 1.0,
+    na_probs_source: str | None = None,
 ) -> dict[str, float]:
     """Official v2.0 scores, keys in the official order.
 
@@ -251,7 +252,7 @@ def squad_v2_evaluate(
     a single stderr line reports how many. Deviation: the official HasAns/NoAns splits crash with a
     ``KeyError`` on missing predictions, so here they cover scored questions only and each split
     appears when it has at least one question. ``best_*`` keys appear only when ``na_probs`` is given
-    (it must cover every scored question).
+    (it must cover every scored question; ``na_probs_source`` names its file in the error otherwise).
     """
     qid_to_has_ans = make_qid_to_has_ans(dataset)
     exact_raw, f1_raw, missing = get_raw_scores_v2(dataset, predictions)
@@ -263,8 +264,9 @@ def squad_v2_evaluate(
     else:
         lacking = [qid for qid in exact_raw if qid not in na_probs]
         if lacking:
+            where = f"na-probs file {na_probs_source}: n" if na_probs_source else "N"
             raise DataError(
-                f"No-answer probabilities are missing for {len(lacking)} predicted questions "
+                f"{where}o-answer probabilities are missing for {len(lacking)} predicted questions "
                 f"(first: {', '.join(lacking[:3])}); provide one per prediction."
             )
 

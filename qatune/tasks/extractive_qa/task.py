@@ -81,18 +81,12 @@ class ExtractiveQATask:
     def record(self, options: QAOptions) -> dict[str, Any]:
         return {"version_2_model": bool(options.version_2), "null_threshold": options.null_threshold}
 
-    def score_files(self, data: str, predictions: dict[str, Any], na_probs: dict[str, float] | None = None,
-                    na_prob_thresh: float = 1.0, version: str | None = None) -> dict[str, Any]:
-        """The official SQuAD metrics of a predictions file against the raw SQuAD JSON (``qatune score``):
-        v2.0 when the data has unanswerable questions or no-answer probabilities are given."""
-        from qatune.tasks.extractive_qa.squad import load_squad_dataset_json
-        from qatune.tasks.extractive_qa.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
+    def score_files(self, data: str, predictions: str, na_probs: str | None = None, na_prob_thresh: float = 1.0,
+                    version: str | None = None) -> dict[str, Any]:
+        """The official SQuAD metrics of a predictions file (``qatune score``); see :func:`scoring.score_files`."""
+        from qatune.tasks.extractive_qa.scoring import score_files
 
-        dataset = load_squad_dataset_json(data)
-        version = version or ("2.0" if is_squad_v2(dataset) or na_probs is not None else "1.1")
-        if version == "1.1":
-            return dict(squad_v1_evaluate(dataset, predictions))
-        return dict(squad_v2_evaluate(dataset, predictions, na_probs=na_probs, na_prob_thresh=na_prob_thresh))
+        return score_files(data, predictions, na_probs, na_prob_thresh, version)
 
     # -- training ------------------------------------------------------------------------------------
     def features(self, examples: Sequence[QAExample], tokenizer: Any, options: Any, max_seq_length: int | None = None,
