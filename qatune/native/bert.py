@@ -335,15 +335,14 @@ class BertPreTrainedModel(nn.Module):
         own = self.state_dict()
         unexpected = sorted(k for k in native if k not in own)
         missing = sorted(k for k in own if k not in native)
-        for key in set(native) & set(own):
+        for key in sorted(set(native) & set(own)):
             if native[key].shape != own[key].shape:
                 raise ModelError(f"{source}: weight {convert.hf_name(key)[0]} has shape "
                                  f"{tuple(native[key].shape)}, the config implies {tuple(own[key].shape)}")
-        not_head = [k for k in missing if not k.startswith(self.head_prefixes)]
+        not_head = [n for k in missing if not k.startswith(self.head_prefixes) for n in convert.hf_name(k)]
         if not_head:
-            shown = ", ".join(n for k in not_head[:3] for n in convert.hf_name(k))
-            raise ModelError(f"{source}: the checkpoint lacks {len(not_head)} encoder weights (e.g. {shown}); "
-                             "it is not a complete BERT checkpoint for this config")
+            raise ModelError(f"{source}: the checkpoint lacks {len(not_head)} encoder weights (e.g. "
+                             f"{', '.join(not_head[:3])}); it is not a complete BERT checkpoint for this config")
         with torch.no_grad():
             for key in set(native) & set(own):
                 own[key].copy_(native[key])
