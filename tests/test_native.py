@@ -70,7 +70,7 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) 
     if mask is not None:
         keep = mask.bool()
         a, b = a[keep], b[keep]
-    return float((a - b).abs().max())
+    return (a - b).detach().abs().max().item()
 
 
 def qa_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +112,11 @@ def test_bert_model_and_classifier_match_hugging_face(attn: str, tmp_path: Path)
         h, n = hf_base(**inputs), native_base(**inputs)
     assert maxdiff(n.last_hidden_state, h.last_hidden_state) <= TOL
     assert maxdiff(n.pooler_output, h.pooler_output) <= TOL
+    native_base.skip_padding = True  # real tokens only through the layers: same values there, zeros at padding
+    with torch.no_grad():
+        skipped = native_base(**inputs).last_hidden_state
+    assert maxdiff(skipped, h.last_hidden_state, inputs["attention_mask"]) <= TOL
+    assert skipped[inputs["attention_mask"] == 0].abs().max().item() == 0.0
 
     hf_cls = transformers.BertForSequenceClassification(config).eval()
     hf_cls.set_attn_implementation(attn)
