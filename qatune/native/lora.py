@@ -90,8 +90,12 @@ class LoraLinear(nn.Linear):
         out = F.linear(x, self.weight, self.bias)
         if self.merged or not self.adapters:
             return out
-        if len(self.adapters) == 1 and self.slices[next(iter(self.adapters))] == (0, self.out_features):
-            return out + next(iter(self.adapters.values()))(x)
+        order = sorted(self.slices, key=self.slices.__getitem__)
+        bounds = [self.slices[name] for name in order]
+        if bounds[0][0] == 0 and bounds[-1][1] == self.out_features and all(
+                a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False)):  # adapters tile the output
+            deltas = [self.adapters[name](x) for name in order]
+            return out + (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=-1))
         pieces: list[torch.Tensor] = []
         start = 0
         for name, (lo, hi) in sorted(self.slices.items(), key=lambda item: item[1]):
