@@ -10,7 +10,8 @@ MiniLM-tokenized windows (max 384, stride 128) of the first SQuAD dev-v1.1 quest
 * ``grouped``: batches of similar lengths, as qatune's trainer (group_by_length) and evaluation (sorted) form them.
 
 Training uses qatune's dropout settings (attention dropout 0, hidden dropout 0.1). Native and HF steps are
-interleaved so background load hits both alike; the table reports medians.
+interleaved batch by batch so background load hits both alike; the table reports the mean ms per batch, the
+ratio of total times and, in brackets, the median of the per-batch ratios (robust to load bursts).
 
     python bench/native_vs_hf.py --threads 2 --batch-sizes 16 32
     python bench/native_vs_hf.py --profile      # torch.profiler tables for one HF and one native step
@@ -131,8 +132,9 @@ def step_fn(model: torch.nn.Module, mode: str) -> Callable[[dict[str, torch.Tens
 
 
 def time_pair(fns: dict[str, Callable[[dict[str, torch.Tensor]], None]], data: list[dict[str, torch.Tensor]],
-              warmup: int) -> dict[str, float]:
-    """Median seconds per batch for each function, running them alternately on every batch."""
+              warmup: int) -> dict[str, list[float]]:
+    """Seconds per batch for each function, running them back to back (alternating order) on every batch,
+    so a burst of background load hits a pair rather than one side."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i, batch in enumerate(data):
         for name, fn in (fns.items() if i % 2 == 0 else reversed(fns.items())):
@@ -140,7 +142,12 @@ def time_pair(fns: dict[str, Callable[[dict[str, torch.Tensor]], None]], data: l
             fn(batch)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def ratios(hf: list[float], other: list[float]) -> tuple[float, float]:
+    """(total HF time / total other time, median of the per-batch HF/other ratios)."""
+    return sum(hf) / sum(other), statistics.median(h / o for h, o in zip(hf, other, strict=True))
 
 
 def profile(hf_dir: Path, data: list[dict[str, torch.Tensor]], mode: str, method: str) -> None:
@@ -161,7 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
-    parser.add_argument("--steps", type=int, default=6, help="timed batches per cell (after --warmup)")
+    parser.add_argument("--steps", type=int, default=4, help="timed batches per cell (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--questions", type=int, default=300, help="dev questions whose window lengths are used")
     parser.add_argument("--batching", nargs="+", default=["random", "grouped"], choices=["random", "grouped"])
@@ -205,16 +212,18 @@ def main() -> None:
                         models["native-skip-pad"] = build("native", method, hf_dir, True)
                     fns = {name: step_fn(m, run) for name, m in models.items()}
                     t = time_pair(fns, data, args.warmup)
-                    row = [batching, size, f"{100 * (1 - real / padded):.0f}%", mode,
-                           t["hf"] * 1000, t["native"] * 1000, t["hf"] / t["native"]]
+                    mean = {name: 1000 * statistics.fmean(ts) for name, ts in t.items()}
+                    row = [batching, size, f"{100 * (1 - real / padded):.0f}%", mode, mean["hf"], mean["native"],
+                           "{:.2f}x ({:.2f}x)".format(*ratios(t["hf"], t["native"]))]
                     if args.skip_padding:
-                        row += [t["native-skip-pad"] * 1000, t["hf"] / t["native-skip-pad"]]
+                        row += [mean["native-skip-pad"],
+                                "{:.2f}x ({:.2f}x)".format(*ratios(t["hf"], t["native-skip-pad"]))]
                     rows.append(row)
                     print(row, flush=True)
                     del models, fns
-        headers = ["batching", "batch", "padding", "step", "HF ms", "native ms", "HF/native"]
+        headers = ["batching", "batch", "padding", "step", "HF ms", "native ms", "HF/native (median pair)"]
         if args.skip_padding:
-            headers += ["native skip-pad ms", "HF/skip-pad"]
+            headers += ["native skip-pad ms", "HF/skip-pad (median pair)"]
         print()
         print_table(headers, rows)
 
