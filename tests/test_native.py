@@ -418,3 +418,25 @@ def test_adapter_refusals(qa_pair, tmp_path: Path) -> None:
     shallow = BertForQuestionAnswering.from_pretrained(save_hf(small, tmp_path / "small"))
     with pytest.raises(ModelError, match=r"has a tensor the model has no place for: .*layer\.1\.attention"):
         lora.load_adapter(shallow, tmp_path / "peft")
+
+
+def test_runs_without_transformers_or_peft(tmp_path: Path) -> None:
+    """Build, adapt, save, reload and run in a fresh interpreter: neither transformers nor PEFT gets imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from qatune.native import BertConfig, BertForQuestionAnswering, lora\n"
+        "m = BertForQuestionAnswering(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,"
+        " num_attention_heads=2, intermediate_size=32))\n"
+        f"lora.apply_lora(m); lora.save_adapter(m, {str(tmp_path / 'a')!r})\n"
+        "lora.merge_and_unload(m)\n"
+        f"m.save_pretrained({str(tmp_path / 'm')!r})\n"
+        f"again = BertForQuestionAnswering.from_pretrained({str(tmp_path / 'm')!r})\n"
+        f"lora.load_adapter(again, {str(tmp_path / 'a')!r})\n"
+        "again(torch.tensor([[1, 2, 3]]))\n"
+        "print(sorted(m for m in ('transformers', 'peft') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
