@@ -41,7 +41,7 @@ def check_run_config(cfg: dict[str, Any]) -> None:
 
     for key in ("max_seq_length", "n_best", "max_answer_length"):
         check_option(key, cfg.get(key), RANGES[key], integer=True, label=label(key))
-    stride = Range(0, _max_doc_stride(int(cfg.get("max_seq_length", 384))), why="tokens shared by neighbouring windows")
+    stride = Range(0, _max_doc_stride(int(cfg.get("max_seq_length") or 384)), why="tokens shared by neighbouring windows")
     check_option("doc_stride", cfg.get("doc_stride"), stride, integer=True, label=label("doc_stride"))
     check_option("null_threshold", cfg.get("null_threshold"), NULL_THRESHOLD, label=label("null_threshold"))
 
