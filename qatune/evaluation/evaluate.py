@@ -25,10 +25,19 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     evaluation; never the run itself (its metrics.json holds the training metrics) nor a folder holding the
     run or its base model. A subfolder of the run (``RUN/eval``) is fine: it touches none of the run's files.
     """
+    from qatune.config import RANGES
     from qatune.data.squad import load_qa_examples
-    from qatune.inference.pipeline import load_pipeline
+    from qatune.inference.pipeline import BATCH_SIZE, NULL_THRESHOLD, load_pipeline
+    from qatune.ranges import check_option
+    from qatune.runtime import check_device
     from qatune.tasks.qa.task import score_predictions
 
+    # every option before anything is read or written: NaN would reach metrics.json, 0 windows per batch
+    # would run without a word
+    check_option("max_eval_samples", max_eval_samples, RANGES["max_eval_samples"], integer=True)
+    check_option("null_threshold", null_threshold, NULL_THRESHOLD)
+    check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
+    check_device(device)
     guard: dict[str, Any] = {}
     if output:
         run_cfg = read_run_config(run_dir) if (Path(run_dir) / RUN_CONFIG).is_file() else {}

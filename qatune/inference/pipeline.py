@@ -10,7 +10,6 @@ serves through exactly the same pre- and post-processing as the PyTorch one.
 
 from __future__ import annotations
 
-import numbers
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -20,9 +19,31 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from qatune.data.types import QAExample
-from qatune.errors import DataError
+from qatune.errors import ConfigError, DataError
+from qatune.ranges import Range, check_option
 from qatune.tasks.qa.features import QAFeatures, build_features
 from qatune.tasks.qa.postprocess import Decoded, decode
+
+# keyword options of the inference entry points, checked before any work (the CLI flags share the names)
+BATCH_SIZE = Range(1, why="windows per forward pass")
+TOP_K = Range(1, why="answers returned per question")
+NULL_THRESHOLD = Range(why="the SQuAD v2 no-answer score margin, e.g. 0.0")
+PRECISIONS = ("auto", "bf16", "fp32")  # of a PyTorch run; an ONNX export's loader knows its own
+
+
+def check_run_config(cfg: dict[str, Any]) -> None:
+    """The decoding settings a run recorded (qatune.yaml) in the ranges training allows: a hand-edited
+    ``n_best: 0`` would otherwise answer nothing, ``null_threshold: .nan`` flag nothing, without a word."""
+    from qatune.config import RANGES, _max_doc_stride
+
+    def label(key: str) -> str:
+        return f"run config (qatune.yaml) key '{key}'"
+
+    for key in ("max_seq_length", "n_best", "max_answer_length"):
+        check_option(key, cfg.get(key), RANGES[key], integer=True, label=label(key))
+    stride = Range(0, _max_doc_stride(int(cfg.get("max_seq_length") or 384)), why="tokens shared by neighbouring windows")
+    check_option("doc_stride", cfg.get("doc_stride"), stride, integer=True, label=label("doc_stride"))
+    check_option("null_threshold", cfg.get("null_threshold"), NULL_THRESHOLD, label=label("null_threshold"))
 
 
 @dataclass
@@ -93,6 +114,8 @@ class QAPipeline:
     def __init__(self, runner: Runner, tokenizer: Any, run_config: dict[str, Any] | None = None,
                  null_threshold: float | None = None) -> None:
         cfg = run_config or {}
+        check_run_config(cfg)
+        check_option("null_threshold", null_threshold, NULL_THRESHOLD)
         self.runner = runner
         self.tokenizer = tokenizer
         self.run_config = cfg
@@ -133,8 +156,8 @@ class QAPipeline:
     def answer_batch(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, top_k: int = 1,
                      progress: bool = False) -> list[Any]:
         """Answers for many (question, context) pairs; windows of all questions are batched together."""
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-            raise DataError(f"top_k must be an integer >= 1, got {top_k!r}")
+        check_option("top_k", top_k, TOP_K, integer=True)
+        check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
         examples = []
         for i, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -165,6 +188,10 @@ class QAPipeline:
 def load_pipeline(path: str | os.PathLike, device: str = "auto", precision: str = "auto",
                   null_threshold: float | None = None, merge: bool = True) -> QAPipeline:
     """Load a run directory (PyTorch full/PEFT, or any format a RUNNER_LOADERS entry knows)."""
+    from qatune.runtime import check_device
+
+    check_device(device)  # the options first: a typo fails before minutes of loading
+    check_option("null_threshold", null_threshold, NULL_THRESHOLD)
     run_dir = Path(path)
     for applies, factory in RUNNER_LOADERS:
         if applies(run_dir):
@@ -172,6 +199,9 @@ def load_pipeline(path: str | os.PathLike, device: str = "auto", precision: str 
             return QAPipeline(runner, tokenizer, run_cfg, null_threshold)
     from qatune.artifacts import load_trained_model
 
+    if precision not in PRECISIONS:
+        raise ConfigError(f"option 'precision' (--precision): {precision!r} is not a precision a PyTorch run "
+                          f"runs in; use {', '.join(PRECISIONS)}")
     model, tokenizer, run_cfg = load_trained_model(run_dir, merge=merge)
     runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True)  # the model is ours alone
     return QAPipeline(runner, tokenizer, run_cfg, null_threshold)
