@@ -192,10 +192,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
     task_name = str(raw.get("task") or TrainConfig.task)
     task = get_task(task_name)
     backend = get_backend(str(raw.get("backend") or TrainConfig.backend))
+    # a TrainConfig's own fields (dataclasses.asdict round trip): the sections as resolved, under the section names
+    for key, section in (("task_options", task.section), ("backend_options", backend.name)):
+        resolved = raw.pop(key, None)
+        if isinstance(resolved, dict) and resolved:
+            given = raw.get(section)
+            raw[section] = {**resolved, **(given if isinstance(given, dict) else {})}
     task_values = _split_section(raw, task.section, task.options_type, source)
     backend_values = _split_section(raw, backend.name, backend.options_type, source)
-    for key in ("task_options", "backend_options"):
-        raw.pop(key, None)
     kwargs: dict[str, Any] = {}
     method_options: dict[str, dict[str, Any]] = dict(raw.get("method_options") or {})
     defaults = TrainConfig()

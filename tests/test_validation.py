@@ -463,3 +463,124 @@ def test_evaluate_pipeline_sees_a_declared_v11_file_as_v11(tmp_path: Path) -> No
     _, report = load_qa_examples(write(tmp_path / "undeclared.json", squad(None, qa("q1"), qa("q2", None))))
     assert report.version == "2.0"
     assert any("answers [] and no is_impossible flag were treated as unanswerable" in n for n in report.notes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inference options (evaluate / predict / qatune.load / answer_batch / bench / export): checked with
+# qatune.ranges before anything loads, from the CLI and the Python API alike; JSON output is strict
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--null-threshold", "nan"], ["'null_threshold' (--null-threshold): nan is out of range", "a finite number"]),
+    (["--null-threshold=-inf"], ["(--null-threshold): -inf is out of range"]),
+    (["--batch-size", "0"], ["'batch_size' (--batch-size): 0 is out of range; it must be >= 1"]),
+    (["--max-eval-samples", "0"], ["'max_eval_samples' (--max-eval-samples): 0 is out of range; it must be >= 1"]),
+], ids=["nan", "-inf", "batch-0", "samples-0"])
+def test_evaluate_refuses_nonsense_options_and_writes_nothing(capsys, tmp_path: Path, tiny_lora_run: Path,
+                                                               argv: list[str], fragments: list[str]) -> None:
+    out = tmp_path / "eval"
+    rc, stdout, err = cli(capsys, "evaluate", tiny_lora_run, "--data", SAMPLE / "dev.json", "--output", out,
+                          "--no-progress", *argv)
+    assert_refused(rc, err, *fragments)
+    assert stdout == "" and not out.exists()
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--null-threshold", "nan"], ["'null_threshold' (--null-threshold): nan is out of range"]),
+    (["--batch-size", "0"], ["'batch_size' (--batch-size): 0 is out of range; it must be >= 1"]),
+    (["--batch-size", "-4", "--input", "{jsonl}"], ["(--batch-size): -4 is out of range"]),
+    (["--null-threshold", "inf", "--input", "{jsonl}"], ["(--null-threshold): inf is out of range"]),
+], ids=["nan", "batch-0", "batch-negative-input", "inf-input"])
+def test_predict_refuses_nonsense_options(capsys, tmp_path: Path, tiny_lora_run: Path, argv: list[str],
+                                          fragments: list[str]) -> None:
+    jsonl = write(tmp_path / "q.jsonl", json.dumps({"question": "What did it make?", "context": CONTEXT}) + "\n")
+    argv = [a.replace("{jsonl}", str(jsonl)) for a in argv]
+    mode = [] if "--input" in argv else ["--question", "What did it make?", "--context", CONTEXT]
+    rc, stdout, err = cli(capsys, "predict", tiny_lora_run, *mode, *argv)
+    assert_refused(rc, err, *fragments)
+    assert stdout == ""
+
+
+def test_python_api_inference_options_are_checked(tmp_path: Path, tiny_lora_run: Path) -> None:
+    out = tmp_path / "eval"
+    with pytest.raises(ConfigError, match=r"'null_threshold' \(--null-threshold\): nan is out of range"):
+        qatune.evaluate(str(tiny_lora_run), str(SAMPLE / "dev.json"), output=str(out), null_threshold=float("nan"))
+    with pytest.raises(ConfigError, match=r"'batch_size' \(--batch-size\): 0 is out of range"):
+        qatune.evaluate(str(tiny_lora_run), str(SAMPLE / "dev.json"), output=str(out), batch_size=0)
+    with pytest.raises(ConfigError, match=r"'max_eval_samples' \(--max-eval-samples\): 2\.5 is not a whole number"):
+        qatune.evaluate(str(tiny_lora_run), str(SAMPLE / "dev.json"), output=str(out), max_eval_samples=2.5)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=r"'null_threshold' \(--null-threshold\): inf is out of range"):
+        qatune.load(str(tiny_lora_run), null_threshold=float("inf"))
+    with pytest.raises(ConfigError, match=r"'precision' \(--precision\): 'fp16' is not a precision"):
+        qatune.load(str(tiny_lora_run), precision="fp16")
+    pipe = qatune.load(str(tiny_lora_run), device="cpu", precision="fp32")
+    pair = [("What did it make?", CONTEXT)]
+    for kwargs, message in [({"batch_size": 0}, r"'batch_size' \(--batch-size\): 0 is out of range"),
+                            ({"batch_size": "8"}, r"'batch_size' \(--batch-size\): '8' is not a whole number"),
+                            ({"top_k": True}, r"'top_k' \(--top-k\): True is not a whole number")]:
+        with pytest.raises(ConfigError, match=message):
+            pipe.answer_batch(pair, **kwargs)
+    # the happy path: in-range values answer
+    best = pipe.answer_batch(pair, batch_size=1, top_k=2)[0]
+    assert len(best) == 2 and all(0.0 <= a.score <= 1.0 for a in best)
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("n_best", 0, "run config (qatune.yaml) key 'n_best': 0 is out of range; it must be >= 1"),
+    ("max_answer_length", "long", "run config (qatune.yaml) key 'max_answer_length': 'long' is not a whole number"),
+    ("doc_stride", 500, "run config (qatune.yaml) key 'doc_stride': 500 is out of range; it must be in [0, 122]"),
+    ("null_threshold", float("nan"), "run config (qatune.yaml) key 'null_threshold': nan is out of range"),
+])
+def test_run_config_decoding_settings_are_checked(key: str, value: Any, fragment: str) -> None:
+    """A hand-edited qatune.yaml (n_best: 0 answers nothing) is refused when the pipeline is built."""
+    from qatune.tasks.extractive_qa.predictor import QAPipeline
+
+    with pytest.raises(ConfigError) as info:
+        QAPipeline(runner=None, tokenizer=None, run_config={"max_seq_length": 128, key: value})  # type: ignore[arg-type]
+    assert fragment in str(info.value)
+
+
+def test_evaluate_happy_path_output_is_strict_json(capsys, tmp_path: Path, tiny_lora_run: Path) -> None:
+    out = tmp_path / "eval"
+    rc, stdout, err = cli(capsys, "evaluate", tiny_lora_run, "--data", SAMPLE / "dev.json", "--output", out,
+                          "--no-progress", "--batch-size", "1", "--max-eval-samples", "3", "--null-threshold", "0.5")
+    assert rc == 0, err
+    metrics = strict_json(stdout)
+    assert metrics["eval_questions"] == 3
+    assert strict_json((out / "metrics.json").read_text()) == metrics
+
+
+def test_print_json_refuses_non_finite_numbers(capsys) -> None:
+    from qatune.cli.common import print_json
+
+    with pytest.raises(ValueError, match=r"\['parity'\]\['tolerance'\] is inf \(not a finite number\); this is a qatune bug"):
+        print_json({"output": "x", "parity": {"tolerance": float("inf")}})
+    with pytest.raises(ValueError, match=r"\[1\] is nan"):
+        print_json([1.0, float("nan")])
+    assert capsys.readouterr().out == ""
+    print_json({"f1": 1.5, "name": "é"})
+    assert json.loads(capsys.readouterr().out) == {"f1": 1.5, "name": "é"}
+
+
+def test_export_and_bench_refuse_nonsense_numbers(capsys, tmp_path: Path, tiny_lora_run: Path) -> None:
+    out = tmp_path / "export"
+    rc, _, err = cli(capsys, "export", tiny_lora_run, "--output", out, "--tolerance", "inf")
+    assert_refused(rc, err, "--tolerance must be a finite number >= 0, got inf")
+    assert not out.exists()
+    rc, _, err = cli(capsys, "bench", tiny_lora_run, "--data", SAMPLE / "dev.json", "--backends", "torch-fp32",
+                     "--threads", "-1")
+    assert_refused(rc, err, "'threads' (--threads): -1 is out of range; it must be >= 1")
+
+
+def test_train_with_a_dataclass_built_directly_is_validated(tmp_path: Path) -> None:
+    from qatune.config import TrainConfig
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"config key 'warmup_ratio': 5\.0 is out of range; it must be in \[0, 1\]"):
+        qatune.train(TrainConfig(train=str(SAMPLE / "train.json"), output=str(out), warmup_ratio=5))
+    with pytest.raises(ConfigError, match=r"config key 'lora\.r': 0 is out of range"):
+        qatune.train(TrainConfig(train=str(SAMPLE / "train.json"), output=str(out), method_options={"lora": {"r": 0}}))
+    with pytest.raises(ConfigError, match=r"config key 'epochs': 'two' is not a valid int"):
+        qatune.train(TrainConfig(train=str(SAMPLE / "train.json"), output=str(out), epochs="two"))  # type: ignore[arg-type]
+    assert not out.exists()

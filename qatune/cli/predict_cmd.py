@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from qatune.cli.common import add_debug, print_json
+from qatune.cli.common import add_debug, print_json, to_json
 from qatune.errors import DataError, OutputError
 
 CHUNK = 256  # questions per answer_batch call in --input mode: bounded memory, a moving progress bar
@@ -202,8 +202,6 @@ def run_batch(args: argparse.Namespace) -> int:
 
     if args.question or args.context is not None or args.context_file:
         raise DataError("--input reads questions and contexts from the file; drop --question/--context/--context-file")
-    if args.batch_size < 1:
-        raise DataError("--batch-size must be >= 1")
     items = read_questions_jsonl(args.input)  # every line is checked before the model loads
     out = _check_output(args)  # nothing is created or replaced before the input and the output are checked
     pipeline = load_pipeline(args.run, device=args.device, null_threshold=args.null_threshold)
@@ -215,7 +213,7 @@ def run_batch(args: argparse.Namespace) -> int:
             results = pipeline.answer_batch([(q, c) for _, q, c in chunk], batch_size=args.batch_size,
                                             top_k=args.top_k)
             for (qid, _, _), result in zip(chunk, results, strict=True):
-                stream.write(json.dumps(_record(qid, result, args.top_k), ensure_ascii=False) + "\n")
+                stream.write(to_json(_record(qid, result, args.top_k), ensure_ascii=False) + "\n")
             bar.update(len(chunk))
         bar.close()
         stream.flush()
@@ -228,8 +226,15 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qatune.inference.loader import BATCH_SIZE
+    from qatune.ranges import check_option
+    from qatune.tasks import get_task
+
     if args.top_k < 1:
         raise DataError("--top-k must be >= 1")
+    # both modes, before any file is read: one question ignores --batch-size, but a nonsense one is still a typo
+    check_option("batch_size", args.batch_size, BATCH_SIZE, integer=True)
+    get_task("extractive_qa").check_options({"null_threshold": args.null_threshold})  # a QA verb's QA flag
     if args.input:
         return run_batch(args)
     if args.output:

@@ -24,20 +24,29 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     evaluation; never the run itself (its metrics.json holds the training metrics) nor a folder holding the
     run or its base model. A subfolder of the run (``RUN/eval``) is fine: it touches none of the run's files.
     """
-    from qatune.inference.loader import load_predictor, task_of
+    from qatune.config import RANGES
+    from qatune.inference.loader import BATCH_SIZE, load_predictor, task_of
+    from qatune.ranges import check_option
+    from qatune.runtime import check_device
 
+    # every option before anything is read or written: NaN would reach metrics.json, 0 windows per batch
+    # would run without a word
+    check_option("max_eval_samples", max_eval_samples, RANGES["max_eval_samples"], integer=True)
+    check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
+    check_device(device)
+    task = task_of(read_run_config(run_dir))
+    options = {k: v for k, v in task_options.items() if v is not None}
+    task.check_options(options)  # the task's own (QA: null_threshold)
     guard: dict[str, Any] = {}
     if output:
         run_cfg = read_run_config(run_dir) if (Path(run_dir) / RUN_CONFIG).is_file() else {}
         guard = {"models": [run_cfg.get("base_model_path")], "source_run": run_dir}
         rundir.check_output(output, "evaluation", **guard)  # before anything loads: fail fast, change nothing
-    task = task_of(read_run_config(run_dir))
     examples, report = task.read(data, max_eval_samples, split=split)
     print(f"qatune: {report.summary()}", file=sys.stderr, flush=True)
     predictor = load_predictor(run_dir, device=device, precision=precision)
     out = rundir.prepare_output(output, "evaluation", **guard) if output else None
     t0 = time.perf_counter()
-    options = {k: v for k, v in task_options.items() if v is not None}
     result = predictor.evaluate(examples, batch_size=batch_size, progress=progress, report=report, **options)
     metrics = dict(result.metrics)
     metrics.update({"eval_time_s": round(time.perf_counter() - t0, 3), "data": str(data)})

@@ -25,6 +25,7 @@ import numpy as np
 
 from qatune.core.jsonio import write_json
 from qatune.errors import ConfigError, OutputError, QatuneError
+from qatune.ranges import Range, check_option
 from qatune.tasks import get_task
 
 
@@ -185,6 +186,7 @@ def run_bench(run_dir: str | os.PathLike, data: str, backends: str | Sequence[st
     chosen = parse_backends(backends)
     if latency_samples < 1 or batch_size < 1:
         raise ConfigError("--latency-samples and --batch-size must be >= 1")
+    check_option("threads", threads, Range(1, why="CPU threads for torch and ONNX Runtime"), integer=True)
     if threads:
         torch.set_num_threads(int(threads))
     run, given = _source_run(Path(run_dir).expanduser())

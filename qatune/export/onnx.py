@@ -411,8 +411,8 @@ def export_onnx(run_dir: str | os.PathLike, output: str | os.PathLike, quantize:
         raise ConfigError(f"unknown quantization '{quantize}'; choose one of: {', '.join(QUANTIZATIONS)}")
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset must be >= {MIN_OPSET} (LayerNormalization), got {opset}")
-    if tolerance is not None and not tolerance >= 0:
-        raise ConfigError(f"--tolerance must be >= 0, got {tolerance}")
+    if tolerance is not None and not 0 <= tolerance < float("inf"):  # inf would skip the check, and is not JSON
+        raise ConfigError(f"--tolerance must be a finite number >= 0, got {tolerance}")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise ConfigError(f"--min-agreement must be between 0 and 1, got {min_agreement}")
     if calibration_samples < 1:

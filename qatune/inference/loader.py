@@ -18,7 +18,9 @@ from qatune.backends import get_backend
 from qatune.errors import ConfigError, ModelError
 from qatune.inference.onnx_runner import is_onnx_export, load_onnx_export
 from qatune.tasks import Task, get_task
-from qatune.tasks.base import Outputs, Predictor, Runner
+from qatune.tasks.base import BATCH_SIZE, Outputs, Predictor, Runner  # noqa: F401 - BATCH_SIZE re-exported
+
+PRECISIONS = ("auto", "bf16", "fp32")  # of a PyTorch run; an ONNX export's loader knows its own
 
 
 class TorchRunner:
@@ -82,12 +84,19 @@ def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str
                    **options: Any) -> Predictor:
     """The run's task predictor (``options`` are the task's, e.g. ``null_threshold`` for QA) over a
     PyTorch runner, or over any runner a RUNNER_LOADERS entry knows (ONNX exports)."""
+    from qatune.runtime import check_device
+
+    check_device(device)  # the options first: a typo fails before minutes of loading
     options = {k: v for k, v in options.items() if v is not None}
     run_dir = Path(path)
+    task_of(read_run_config(run_dir)).check_options(options)
     for applies, factory in RUNNER_LOADERS:
         if applies(run_dir):
             runner, tokenizer, run_cfg = factory(run_dir, device=device, precision=precision)
             return task_of(run_cfg).predictor(runner, tokenizer, run_cfg, **options)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"option 'precision' (--precision): {precision!r} is not a precision a PyTorch run "
+                          f"runs in; use {', '.join(PRECISIONS)}")
     model, tokenizer, run_cfg = load_run_model(run_dir, merge=merge)
     task = task_of(run_cfg)
     runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True, task=task)  # the model is ours alone

@@ -17,6 +17,11 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from qatune.ranges import Range
+
+# every predictor's batch size option (``batch_size`` / ``--batch-size``): windows per forward pass
+BATCH_SIZE = Range(1, why="windows per forward pass")
+
 
 @dataclass
 class EvalResult:
@@ -178,6 +183,9 @@ class Task(Protocol):
         """One comparable prediction per example: an export's parity check counts agreement on these."""
 
     def predictor(self, runner: Runner, tokenizer: Any, run_config: dict[str, Any], **options: Any) -> Predictor: ...
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """The predictor's keyword options (QA: ``null_threshold``), checked before anything loads."""
 
     def parse_request(self, payload: Any, where: str) -> Any:
         """One predict/serve request item (a JSON object) -> the predictor's input; DataError naming ``where``."""

@@ -26,7 +26,7 @@ import torch
 from qatune import rundir, runtime
 from qatune.artifacts import RUN_CONFIG, write_json
 from qatune.backends import get_backend
-from qatune.config import TrainConfig, config_to_dict, load_config, save_config
+from qatune.config import TrainConfig, config_from_dict, config_to_dict, load_config, save_config
 from qatune.errors import ConfigError, QatuneError
 from qatune.methods import registry
 from qatune.tasks import get_task
@@ -197,7 +197,8 @@ def train(config: TrainConfig | dict[str, Any] | str | os.PathLike, progress: bo
     checkpoints, MLflow runs and progress bars, and evaluates (the other ranks wait; see docs/scaling.md).
     """
     if isinstance(config, TrainConfig):
-        cfg = config
+        # built directly, it skipped load_config's checks: one round trip gives it the same types and ranges
+        cfg = config_from_dict(dataclasses.asdict(config), source="TrainConfig")
     elif isinstance(config, dict):
         cfg = load_config(base=config)
     else:

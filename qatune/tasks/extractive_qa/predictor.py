@@ -12,16 +12,49 @@ post-processing as the PyTorch one.
 
 from __future__ import annotations
 
-import numbers
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from qatune.errors import DataError
-from qatune.tasks.base import EvalResult, Runner
+from qatune.ranges import Range, check_option
+from qatune.tasks.base import BATCH_SIZE, EvalResult, Runner
 from qatune.tasks.extractive_qa.features import build_features
 from qatune.tasks.extractive_qa.postprocess import Decoded, decode, no_answer_probability
 from qatune.tasks.extractive_qa.types import QAExample
+
+# keyword options of the QA predictor, checked before any work (the CLI flags share the names); batch_size
+# is every predictor's (qatune.inference.loader.BATCH_SIZE)
+TOP_K = Range(1, why="answers returned per question")
+NULL_THRESHOLD = Range(why="the SQuAD v2 no-answer score margin, e.g. 0.0")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """The QA predictor's keyword options (``null_threshold``), before anything loads."""
+    from qatune.errors import ConfigError
+
+    unknown = sorted(set(options) - {"null_threshold"})
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for an extractive-QA run; known: null_threshold")
+    check_option("null_threshold", options.get("null_threshold"), NULL_THRESHOLD)
+
+
+def check_run_config(cfg: dict[str, Any]) -> None:
+    """The decoding settings a run recorded (qatune.yaml) in the ranges training allows: a hand-edited
+    ``n_best: 0`` would otherwise answer nothing, ``null_threshold: .nan`` flag nothing, without a word."""
+    from qatune.tasks.extractive_qa.options import RANGES, max_doc_stride
+
+    def label(key: str) -> str:
+        return f"run config (qatune.yaml) key '{key}'"
+
+    section = cfg.get("qa") if isinstance(cfg.get("qa"), dict) else cfg  # runs before sections: flat keys
+    values = {"max_seq_length": cfg.get("max_seq_length"), **{k: section.get(k) for k in
+                                                              ("n_best", "max_answer_length", "doc_stride")}}
+    for key in ("max_seq_length", "n_best", "max_answer_length"):
+        check_option(key, values[key], RANGES[key], integer=True, label=label(key))
+    stride = Range(0, max_doc_stride(int(values["max_seq_length"] or 384)), why="tokens shared by neighbouring windows")
+    check_option("doc_stride", values["doc_stride"], stride, integer=True, label=label("doc_stride"))
+    check_option("null_threshold", cfg.get("null_threshold"), NULL_THRESHOLD, label=label("null_threshold"))
 
 
 @dataclass
@@ -60,6 +93,8 @@ class QAPipeline:
         from qatune.tasks.base import options_from_run
 
         cfg = run_config or {}
+        check_run_config(cfg)
+        check_option("null_threshold", null_threshold, NULL_THRESHOLD)
         self.task = get_task("extractive_qa")
         self.runner = runner
         self.tokenizer = tokenizer
@@ -120,8 +155,8 @@ class QAPipeline:
     def answer_batch(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, top_k: int = 1,
                      progress: bool = False) -> list[Any]:
         """Answers for many (question, context) pairs; windows of all questions are batched together."""
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-            raise DataError(f"top_k must be an integer >= 1, got {top_k!r}")
+        check_option("top_k", top_k, TOP_K, integer=True)
+        check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
         examples = []
         for i, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)):

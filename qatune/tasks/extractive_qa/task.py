@@ -171,6 +171,11 @@ class ExtractiveQATask:
 
         return QAPipeline(runner, tokenizer, run_config, **options)
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        from qatune.tasks.extractive_qa.predictor import check_options
+
+        check_options(options)
+
     def parse_request(self, payload: Any, where: str) -> tuple[str, str]:
         from qatune.tasks.extractive_qa.predictor import parse_request
 
