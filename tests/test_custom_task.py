@@ -239,6 +239,10 @@ class DigitTask:
         examples, _ = self.read(data, None)
         return {"accuracy": 100 * float(np.mean([predictions.get(e["id"]) == e["label"] for e in examples]))}
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        if options:
+            raise ConfigError(f"unknown option(s) {sorted(options)} for the has_digit task")
+
     def parse_request(self, payload: Any, where: str) -> str:
         text = payload.get("text") if isinstance(payload, dict) else payload
         if not isinstance(text, str) or not text.strip():
