@@ -26,6 +26,34 @@ def squad_file(name: str) -> Path:
     return path
 
 
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) -> SHA-256 of its bytes: proves a user's files are untouched."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """Run ``qatune ARGV`` in-process; return (exit code, stdout, stderr)."""
+    from qatune.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_clean_error(rc: int, err: str, *fragments: str) -> None:
+    """A user error: exit 2, one ``qatune: error:`` line holding every fragment, no traceback."""
+    assert rc == 2, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert "qatune: error:" in err, err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in stderr:\n{err}"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised BERT QA model + the MiniLM WordPiece tokenizer, saved as a HF model dir."""

@@ -9,7 +9,6 @@ Data-loss tests hash every file before and after.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SAMPLE
+from conftest import SAMPLE, assert_clean_error, cli, digests
 
 import qatune
 from qatune.cli import main
@@ -30,26 +29,6 @@ CONTEXT = "The Pellory glass works stood beside the canal. It made green bottles
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-
-def digests(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) -> SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_clean_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    assert "qatune: error:" in err, err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in stderr:\n{err}"
 
 
 def train_args(model: Path | str, output: Path | str, *extra: str | Path, train: Path | str | None = None

@@ -10,15 +10,15 @@ into a qatune comparison folder. Data-loss tests hash every file before and afte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import assert_clean_error, cli, digests
 
-from qatune.cli import main, predict_cmd
+from qatune.cli import predict_cmd
 from qatune.compare import report as report_mod
 from qatune.compare import runner
 from qatune.rundir import KNOWN_NAMES
@@ -30,26 +30,6 @@ NILE = "The Nile flows north through Egypt into the Mediterranean Sea."
 QUESTIONS = [{"id": "fox", "question": "Where do foxes live?", "context": FOX},
              {"id": "nile", "question": "Where does the Nile flow?", "context": NILE}]
 
-
-def digests(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) -> SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_clean_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    assert "qatune: error:" in err, err
-    for fragment in fragments:
-        assert fragment in err, f"{fragment!r} not in stderr:\n{err}"
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
