@@ -117,15 +117,22 @@ def _legacy_kind(path: Path, names: set[str]) -> str | None:
     return None
 
 
+def _unwritable_ancestor(path: Path) -> tuple[Path, str]:
+    """The nearest existing folder above ``path`` and why qatune cannot create ``path`` there ("" when it can)."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK):
+        return ancestor, ""
+    return ancestor, "a file is in the way" if ancestor.exists() and not ancestor.is_dir() else "permission denied"
+
+
 def inspect(path: str | os.PathLike) -> OutputFolder:
     """Classify ``path`` without changing anything; raises :class:`OutputError` when it cannot be a folder."""
     out = Path(path).expanduser()
     if not out.exists():
-        ancestor = out.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-            why = "a file is in the way" if ancestor.exists() and not ancestor.is_dir() else "permission denied"
+        ancestor, why = _unwritable_ancestor(out)
+        if why:
             raise OutputError(f"output directory {out} is not writable ({why}: {ancestor}); choose another --output")
         return OutputFolder(out, exists=False)
     if not out.is_dir():
@@ -295,11 +302,8 @@ def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.Path
         if not out.is_file() or out.is_symlink() or (ours is not None and not ours(out)):
             raise OutputError(f"{flag} {out} exists and is not {what}; --overwrite replaces only a file qatune "
                               f"wrote: move it away or choose another {flag}")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        why = "a file is in the way" if parent.exists() and not parent.is_dir() else "permission denied"
+    parent, why = _unwritable_ancestor(out)
+    if why:
         raise OutputError(f"{flag} {out} cannot be written ({why}: {parent}); choose another {flag}")
     return out
 

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, cli
 
 import qatune
-from qatune.cli import main
 from qatune.config import load_config
 from qatune.data.jsonio import parse_json, short_repr
 from qatune.errors import ConfigError, DataError
@@ -26,13 +25,6 @@ from qatune.tasks.extractive_qa import load_qa_examples
 
 CONTEXT = "The Pellory glass works stood beside the canal. It made green bottles until 1962."
 DEEP = "[" * 100_000  # valid JSON prefix deep enough to exhaust the parser's recursion: RecursionError before
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_refused(rc: int, err: str, *fragments: str) -> None:
