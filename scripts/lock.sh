@@ -27,7 +27,7 @@ python3 -m venv "$WORK/tools"
 [ ! -f requirements-lock.txt ] || cp requirements-lock.txt "$WORK/lock.txt"  # kept unless --upgrade
 echo "lock: resolving ${UPGRADE[*]:-(keeping current pins)}"
 CUSTOM_COMPILE_COMMAND="bash scripts/lock.sh --upgrade" "$WORK/tools/bin/pip-compile" -q "${UPGRADE[@]}" --strip-extras \
-  --extra minilm --extra serve --extra export --extra pipelines --extra dev \
+  --extra minilm --extra serve --extra export --extra pipelines --extra generative --extra tensorboard --extra dev \
   --unsafe-package torch --no-emit-index-url --no-emit-find-links \
   -o "$WORK/lock.txt" pyproject.toml requirements-lock.in > "$WORK/compile.log" 2>&1 \
   || { grep -v "^WARNING: Location" "$WORK/compile.log"; exit 1; }

