@@ -318,7 +318,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """YAML file (optional) < ``base`` (CLI flags) < dotted overrides."""
     raw: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     for key, value in (base or {}).items():
-        if value is not None:
+        if isinstance(value, dict) and value:  # a section's flags (--doc-stride -> qa:): merged, and they win
+            given = raw.get(key)
+            section = dict(given) if isinstance(given, dict) else {}
+            for name in value:
+                raw.pop(name, None)  # the file's flat spelling of the same option (doc_stride: 128)
+                section.pop(name.replace("_", "-"), None)
+            raw[key] = {**section, **value}
+        elif value is not None:
             raw[key] = value
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, source=str(path) if path else "config")

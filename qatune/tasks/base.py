@@ -125,7 +125,9 @@ class Task(Protocol):
     run_files: tuple[str, ...]  # files its evaluation writes into a run directory
     eval_only_options: frozenset[str]  # options that do not change training (free to change on --resume)
     report: ReportSpec
-    request_fields: dict[str, str]  # predict/serve request fields -> description
+    request_fields: dict[str, str]  # predict/serve request fields -> description (also `qatune predict --FIELD`)
+    route: str  # the server's path segment: POST /v1/<route> (extractive QA: "answer")
+    zero_shot: bool  # whether a base model (not a trained run) can be evaluated/used as is: default False
     sample_data: str | None  # a small bundled labelled file (export parity checks fall back to it)
 
     # -- options and data ---------------------------------------------------------------------------
@@ -195,6 +197,25 @@ class Task(Protocol):
 
     def format_response(self, prediction: Any) -> Any:
         """A prediction as JSON-able data for predict/serve."""
+
+
+def task_route(task: Task) -> str:
+    """The task's serve route (``Task.route``; a task without one is served under its name)."""
+    return str(getattr(task, "route", None) or task.name)
+
+
+def supports_zero_shot(task: Task) -> bool:
+    """``Task.zero_shot`` (default False): a base model with a fresh, untrained head predicts nothing
+    meaningful for most tasks, so only a task that says so is evaluated or served without training."""
+    return bool(getattr(task, "zero_shot", False))
+
+
+def format_record(task: Task, prediction: Any) -> dict[str, Any]:
+    """One ``predict --input`` output line (without its ``id``): the task's optional ``format_record`` hook,
+    else its ``format_response`` (a non-object response goes under ``prediction``)."""
+    hook = getattr(task, "format_record", None)
+    response = hook(prediction) if callable(hook) else task.format_response(prediction)
+    return dict(response) if isinstance(response, dict) else {"prediction": response}
 
 
 def options_from_run(task: Task, run_config: dict[str, Any]) -> Any:

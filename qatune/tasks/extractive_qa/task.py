@@ -46,6 +46,10 @@ class ExtractiveQATask:
     sample_data = str(Path(__file__).resolve().parents[2] / "resources" / "sample" / "dev.json")
     request_fields = {"question": "the question (non-empty string)",
                       "context": "the text that holds the answer (non-empty string, any length)"}
+    route = "answer"  # POST /v1/answer
+    zero_shot = False  # a base model's fresh span head answers at random: train first
+    # every `qatune predict --input` output line has these besides "id" (how --overwrite knows our files)
+    response_keys = frozenset({"answer", "score", "start", "end", "no_answer"})
 
     # -- options and data -----------------------------------------------------------------------------
     def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> QAOptions:
@@ -188,3 +192,14 @@ class ExtractiveQATask:
         if isinstance(prediction, list):
             return [p.to_dict() for p in prediction]
         return prediction.to_dict()
+
+    def format_record(self, prediction: Any) -> dict[str, Any]:
+        """A ``predict --input`` line: the best answer flat (``answer``, ``score``, offsets, ``no_answer``),
+        plus every answer under ``answers`` when there are several (``--top-k`` > 1)."""
+        answers = prediction if isinstance(prediction, list) else [prediction]
+        best = answers[0].to_dict()
+        record = {"answer": best["text"], "score": best["score"], "start": best["start"], "end": best["end"],
+                  "no_answer": best["no_answer"]}
+        if isinstance(prediction, list):
+            record["answers"] = [a.to_dict() for a in answers]
+        return record
