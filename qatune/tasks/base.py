@@ -46,11 +46,49 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ExtraInput:
+    """A model input beyond the token windows (e.g. a classifier's tabular ``numeric`` features).
+
+    The task's features object carries it as an attribute of the same ``name``, indexable by window
+    (``features.numeric[i]`` -> one window's array of ``shape``); the runners and the exporter stack those
+    rows into a ``[batch, *shape]`` array of ``dtype``, and the wrapped model's forward takes it as the keyword
+    argument ``name``."""
+
+    name: str
+    dtype: str = "float32"  # numpy dtype name: float32, int64, ...
+    shape: tuple[int | str, ...] = ()  # per-window dims after the batch axis; a string names a dynamic axis
+
+
+@dataclass(frozen=True)
 class ExportSignature:
-    """Input and output tensor names of the task's forward pass, as an exported graph carries them."""
+    """Input and output tensor names of the task's forward pass, as an exported graph carries them.
+
+    ``output_axes``: each output's axes by name, batch first: ``("batch", "sequence")`` for a per-token output
+    (QA's start/end logits: unpadded to the window's length), ``("batch", None)`` for a per-window output
+    (classification logits ``[batch, labels]``: one row per window); ``None`` is a fixed-size axis. An output
+    not listed is ``("batch", None)``. ``extra_inputs``: inputs besides the token windows (:class:`ExtraInput`)."""
 
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     outputs: tuple[str, ...] = ("logits",)
+    output_axes: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    extra_inputs: tuple[ExtraInput, ...] = ()
+
+    def axes(self, output: str) -> tuple[str | None, ...]:
+        return tuple(self.output_axes.get(output, ("batch", None)))
+
+    def dynamic_axes(self, input_names: Sequence[str]) -> dict[str, dict[int, str]]:
+        """``torch.onnx.export``'s dynamic axes: token inputs ``batch``/``sequence``, extra inputs ``batch`` and
+        their named dims, outputs as :attr:`output_axes` says."""
+        extras = {e.name: e for e in self.extra_inputs}
+        out: dict[str, dict[int, str]] = {}
+        for name in input_names:
+            if name in extras:
+                out[name] = {0: "batch", **{i + 1: d for i, d in enumerate(extras[name].shape) if isinstance(d, str)}}
+            else:
+                out[name] = {0: "batch", 1: "sequence"}
+        for name in self.outputs:
+            out[name] = {i: axis for i, axis in enumerate(self.axes(name)) if axis}
+        return out
 
 
 @dataclass(frozen=True)

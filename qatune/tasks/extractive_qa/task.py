@@ -31,7 +31,9 @@ class ExtractiveQATask:
     options_type = QAOptions
     model = ModelSpec(head="question_answering", needs_offsets=True)
     export_signature = ExportSignature(inputs=("input_ids", "attention_mask", "token_type_ids"),
-                                       outputs=("start_logits", "end_logits"))
+                                       outputs=("start_logits", "end_logits"),
+                                       output_axes={"start_logits": ("batch", "sequence"),
+                                                    "end_logits": ("batch", "sequence")})
     run_files = ("predictions.json", "na_probs.json")
     # options that change evaluation only: free to change between a checkpoint and --resume
     eval_only_options = frozenset({"n_best", "max_answer_length", "null_threshold", "version_2"})
