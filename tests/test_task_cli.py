@@ -205,3 +205,52 @@ def test_request_flags_come_from_every_registered_task(tasks: None) -> None:
     assert flags["question"] == ["extractive_qa"] and flags["context"] == ["extractive_qa"]
     assert flags["text"] == ["has_digit", "share", "digits_zero"]  # one shared flag
     assert get_task("share").request_fields == {"text": "the text"}
+
+
+# -- a diverged run writes strict JSON ---------------------------------------------------------------------
+
+class DivergingDigits(DigitTask):
+    """The loss turns NaN at the first step: the weights, logits and eval loss follow."""
+
+    def loss(self, module: Any, batch: dict[str, Any]) -> Any:
+        return super().loss(module, batch) * float("nan")
+
+    def result(self, examples: list[dict], logits: Any, loss: float | None = None) -> Any:
+        evaluated = super().result(examples, logits, loss)
+        evaluated.metrics["mean_logit"] = float(logits.mean())  # NaN once the weights are
+        return evaluated
+
+
+def strict_json(path: Path) -> Any:
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{path} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_diverged_run_writes_null_and_says_it_diverged(tiny_model_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str], one_thread: None) -> None:
+    register_task("has_digit", DivergingDigits)
+    try:
+        train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+        train.write_text("".join(json.dumps(r) + "\n" for r in texts(16, seed=1)))
+        dev.write_text("".join(json.dumps(r) + "\n" for r in texts(8, seed=2)))
+        out = tmp_path / "run"
+        rc, stdout, err = cli(capsys, "train", "--task", "has_digit", "--model", tiny_model_dir, "--method", "full",
+                              "--train", train, "--eval", dev, "--output", out, "--epochs", "1", "--batch-size", "8",
+                              "--max-seq-length", "32", "--no-tracking", "--no-progress", "--device", "cpu")
+        assert rc == 0, err
+        assert "training diverged: " in err and "not finite (written as null)" in err
+        assert json.loads(stdout)["status"] == "finished"
+        metrics = strict_json(out / "metrics.json")
+        assert metrics["diverged"] is True and metrics["train_loss"] is None and metrics["eval_loss"] is None
+        assert {"train_loss", "eval_loss"} <= set(metrics["non_finite"])
+        assert strict_json(out / "history.json")[0]["train_loss"] is None
+        assert metrics["eval_examples"] == 8  # the finite numbers are kept
+        rc, stdout, err = cli(capsys, "evaluate", out, "--data", dev, "--output", tmp_path / "eval", "--no-progress")
+        assert rc == 0, err
+        again = strict_json(tmp_path / "eval" / "metrics.json")
+        assert again["mean_logit"] is None and again["non_finite"] == ["mean_logit"]
+        assert json.loads(stdout)["mean_logit"] is None and again["eval_examples"] == 8
+    finally:
+        unregister_task("has_digit")

@@ -10,6 +10,7 @@ from typing import Any
 
 from qatune import rundir
 from qatune.artifacts import RUN_CONFIG, read_run_config, write_json
+from qatune.core.jsonio import finite_or_null
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | None = None,
@@ -74,10 +75,18 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     result = predictor.evaluate(examples, batch_size=batch_size, progress=progress, report=report, **options)
     metrics = dict(result.metrics)
     metrics.update({"eval_time_s": round(time.perf_counter() - t0, 3), "data": str(data)})
+    # a diverged model's NaN scores are written (and returned) as strict JSON null, with where they were
+    metrics, bad = finite_or_null(metrics)
+    files = {}
+    for name, content in result.files.items():
+        files[name], bad_file = finite_or_null(content, name)
+        bad += bad_file
+    if bad:
+        metrics["non_finite"] = bad[:20]
     if out is not None:
-        for name, content in result.files.items():
+        for name, content in files.items():
             if name != "metrics.json":
-                write_json(out / name, content)
-        write_json(out / "metrics.json", metrics)
+                write_json(out / name, content, strict=True)
+        write_json(out / "metrics.json", metrics, strict=True)
         rundir.record(out, "evaluation", [*(n for n in result.files if n != "metrics.json"), "metrics.json"])
     return metrics
