@@ -130,6 +130,8 @@ class DigitTask:
     report = ReportSpec(columns=(ReportColumn("accuracy", "accuracy (%)", lambda v: f"{v:.1f}"),), primary="accuracy",
                         metric_note="accuracy: share of texts classified right", loss_note="cross-entropy")
     request_fields = {"text": "the text"}
+    route = "has-digit"  # served at POST /v1/has-digit
+    zero_shot = False
     sample_data = None
 
     def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> DigitOptions:
