@@ -112,6 +112,14 @@ def test_evaluate_a_base_model_only_for_a_zero_shot_task(tasks: None, tiny_model
     rc, _, err = cli(capsys, "evaluate", tiny_model_dir, "--data", dev)  # without --task it must be a run
     assert_clean_error(rc, err, "is not a qatune run directory")
 
+    # predict works the same way: a zero-shot task's base model answers, others refuse
+    rc, out, err = cli(capsys, "predict", tiny_model_dir, "--task", "digits_zero", "--text", "a cat 5", "--device",
+                       "cpu")
+    assert rc == 0, err
+    assert set(json.loads(out)) == {"label", "probability"}
+    rc, _, err = cli(capsys, "predict", tiny_model_dir, "--task", "qa", "--question", "Who?", "--context", "Ana.")
+    assert_clean_error(rc, err, "task 'extractive_qa' has no zero-shot use")
+
 
 # -- predict: request-field flags and --input through the task -----------------------------------------------
 
@@ -137,6 +145,8 @@ def test_predict_a_custom_task_from_flags_and_from_a_file(digit_run: Path, tmp_p
     rc, out, _ = cli(capsys, "predict", digit_run, "--text-file", text_file, "--device", "cpu")
     assert rc == 0 and json.loads(out) == predictor.predict_batch([{"text": "the dog ran"}])[0]
 
+    rc, _, err = cli(capsys, "predict", digit_run, "--task", "qa", "--text", "a")
+    assert_clean_error(rc, err, "--task qa: ", "is a run of task 'has_digit'")
     rc, _, err = cli(capsys, "predict", digit_run, "--question", "Who?", "--context", "Ana.")
     assert_clean_error(rc, err, "--question is a request field of task(s) extractive_qa, not of this run's task "
                                 "'has_digit' (its fields: --text)")

@@ -58,7 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="predict with a trained run (one item from flags, many from a file)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run directory (PyTorch or exported)")
+    p.add_argument("run", help="run directory (PyTorch or exported); with --task, a base model for a zero-shot task")
+    p.add_argument("--task", default=None, help="the task: checked against a run's; for a base model that is not "
+                   "a run, only a task that supports zero-shot use")
+    p.add_argument("--backend", default="hf", help="backend that loads a base model (with --task; default hf)")
     for field_name, owners in request_flags().items():
         flag = field_name.replace("_", "-")
         described = get_task(owners[0]).request_fields[field_name]
@@ -287,12 +290,11 @@ def _predict_options(predictor: Any, task: Any, top_k: int) -> dict[str, Any]:
 def run_batch(args: argparse.Namespace, task: Any, items: list[tuple[Any, dict[str, Any], str]]) -> int:
     from tqdm.auto import tqdm
 
-    from qatune.inference.loader import load_predictor
     from qatune.tasks.base import format_record
 
     parse_items(task, items)  # every item is checked before the model loads
     out = _check_output(args, task)  # nothing is created or replaced before the input and the output are checked
-    predictor = load_predictor(args.run, device=args.device, null_threshold=args.null_threshold)
+    predictor = _load(args, task)
     options = _predict_options(predictor, task, args.top_k)
     t0 = time.perf_counter()
     with _output_stream(out, args.overwrite, task) as stream:
@@ -313,8 +315,44 @@ def run_batch(args: argparse.Namespace, task: Any, items: list[tuple[Any, dict[s
     return 0
 
 
+def _zero_shot(args: argparse.Namespace) -> bool:
+    from qatune.inference.loader import is_run
+
+    return args.task is not None and not is_run(args.run)
+
+
+def _task(args: argparse.Namespace) -> Any:
+    """The run's task (``--task`` must match it), or, for a base model that is not a run, ``--task`` itself,
+    refused unless it supports zero-shot use."""
+    from qatune.inference.loader import run_task
+    from qatune.tasks import canonical_task_name, get_task
+    from qatune.tasks.base import supports_zero_shot
+
+    if _zero_shot(args):
+        task = get_task(args.task)
+        if not supports_zero_shot(task):
+            from qatune.inference.loader import load_base_predictor
+
+            load_base_predictor(args.run, task.name, args.backend)  # raises, naming the task and what to do
+        return task
+    task = run_task(args.run)
+    if args.task is not None and canonical_task_name(args.task) != task.name:
+        raise ConfigError(f"--task {args.task}: {args.run} is a run of task '{task.name}'; drop --task or pass a "
+                          f"run of task '{canonical_task_name(args.task)}'")
+    return task
+
+
+def _load(args: argparse.Namespace, task: Any) -> Any:
+    from qatune.inference.loader import load_base_predictor, load_predictor
+
+    if _zero_shot(args):
+        return load_base_predictor(args.run, task.name, args.backend, device=args.device,
+                                   null_threshold=args.null_threshold)
+    return load_predictor(args.run, device=args.device, null_threshold=args.null_threshold)
+
+
 def run(args: argparse.Namespace) -> int:
-    from qatune.inference.loader import BATCH_SIZE, run_task
+    from qatune.inference.loader import BATCH_SIZE
     from qatune.ranges import check_option
 
     if args.top_k < 1:
@@ -327,12 +365,12 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise DataError(f"--input reads the request fields from the file; drop {_flag_names(sorted(given))}")
         items = read_items(args.input)  # the file's format first: no run needed to see a broken line
-        task = run_task(args.run)
+        task = _task(args)
         task.check_options({k: v for k, v in {"null_threshold": args.null_threshold}.items() if v is not None})
         return run_batch(args, task, items)
     if args.output:
         raise DataError("--output is for batch mode: give --input FILE.jsonl too")
-    task = run_task(args.run)
+    task = _task(args)
     task.check_options({k: v for k, v in {"null_threshold": args.null_threshold}.items() if v is not None})
     payload = _given_fields(args)
     _check_fields_belong(task, payload)
@@ -342,9 +380,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"give --{missing[0].replace('_', '-')} TEXT ({task.name} needs {fields}; or --input FILE.jsonl "
                         "for many items)")
     task.parse_request(payload, "command line")  # before the model loads
-    from qatune.inference.loader import load_predictor
-
-    predictor = load_predictor(args.run, device=args.device, null_threshold=args.null_threshold)
+    predictor = _load(args, task)
     options = _predict_options(predictor, task, args.top_k)
     (result,) = predictor.predict_batch([payload], batch_size=args.batch_size, **options)
     print_json(task.format_response(result))
