@@ -54,6 +54,10 @@ class TrainResult:
     status: str = "finished"  # finished | stopped (resumable)
 
 
+# smoothing of the per-step training loss in history.json / MLflow / TensorBoard (an exponential moving
+# average: ema = BETA * ema + (1 - BETA) * loss, starting at the first step's loss)
+LOSS_EMA_BETA = 0.9
+
 # return freed heap pages to the OS every N optimizer steps on CPU (see runtime.release_free_memory)
 TRIM_EVERY_STEPS = max(1, int(os.environ.get("QATUNE_TRIM_EVERY_STEPS", "1")))
 
@@ -112,7 +116,7 @@ RUN_FILES = ("qatune.yaml", "metrics.json", "history.json")
 # config keys that do not change the training trajectory: free to change between a checkpoint and --resume
 RESUME_FREE_KEYS = frozenset({
     "eval", "max_eval_samples", "eval_batch_size", "do_eval", "save_steps", "stop_after_steps", "resume",
-    "overwrite", "tracking", "tracking_uri", "experiment", "run_name", "cache_dir", "num_threads", "device", "debug",
+    "overwrite", "tracking", "tracking_uri", "register_model", "experiment", "run_name", "cache_dir", "num_threads", "device", "debug",
     "output",
 })
 # fingerprinted as resolved; the task's section without its evaluation-only options (QA: n_best, ...)
@@ -294,6 +298,8 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     from qatune.tracking import Tracker
 
     tracker = Tracker(cfg.tracking, out, cfg.tracking_uri, cfg.experiment, cfg.run_name)  # rank 0 only
+    if tracker.tensorboard is not None:
+        rundir.record(out, "run", [tracker.tensorboard.log_dir.name])  # --overwrite may remove it, nothing else
     tracker.start({**config_to_dict(cfg), "learning_rate": lr, "trainable_params": trainable,
                    "total_params": total, "precision": precision, "train_features": len(train_features),
                    "world_size": world})
@@ -336,6 +342,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                 if distributed:
                     torch.distributed.all_reduce(step_loss)  # the global-batch loss, identical on every rank
                 torch.nn.utils.clip_grad_norm_(span_model.parameters(), cfg.max_grad_norm)
+                step_lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses (before scheduler.step)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -345,6 +352,9 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                 state.step_in_epoch += 1
                 state.epoch_loss_sum += float(step_loss)
                 state.epoch_loss_n += 1
+                point = _step_point(state, float(step_loss), step_lr)
+                state.steps.append(point)
+                tracker.log_step(state.global_step, {k: v for k, v in point.items() if k != "step"})
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.epoch_loss_sum / state.epoch_loss_n:.3f}", epoch=epoch + 1)
                 stop = cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps
@@ -359,15 +369,18 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                                       "train_loss": state.epoch_loss_sum / max(state.epoch_loss_n, 1),
                                       "train_time_s": round(state.train_time_s, 3),
                                       "learning_rate": scheduler.get_last_lr()[0]}
+            steps, state.steps = state.steps, []
             if evaluating and is_main:  # the other ranks wait in broadcast_object below
                 last_eval = task.evaluate(span_model, tokenizer, eval_examples, eval_features, task_options,
                                           **eval_kwargs)
                 record.update({k: v for k, v in last_eval.metrics.items() if isinstance(v, (int, float))})
+            record["steps"] = steps  # per-step curve last: the epoch's summary keys come first in history.json
             record = runtime.broadcast_object(record)  # every rank keeps the same history
             _log("epoch {epoch}: train loss {train_loss:.4f}".format(**record) + "".join(
                 f", {k} {record[k]:.4f}" for k in shown_metrics if k in record))
             state.history.append(record)
             tracker.log_metrics(record, step=epoch + 1)
+            tracker.flush()
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.epoch_loss_sum, state.epoch_loss_n = 0.0, 0
             if epoch + 1 < cfg.epochs:
@@ -409,6 +422,15 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         remove_checkpoint(out)
     runtime.barrier()  # no rank returns (and, under torchrun, exits) before the run directory is complete
     return TrainResult(out, metrics, state.history, status)
+
+
+def _step_point(state: TrainerState, loss: float, lr: float) -> dict[str, Any]:
+    """One optimizer step's point of the curves: raw loss, its EMA (continued across epochs and resumes from
+    the previous point in the checkpointed state/history) and the learning rate the step used."""
+    previous = state.steps[-1] if state.steps else next(
+        (h["steps"][-1] for h in reversed(state.history) if h.get("steps")), None)
+    ema = loss if previous is None else LOSS_EMA_BETA * float(previous["loss_ema"]) + (1 - LOSS_EMA_BETA) * loss
+    return {"step": state.global_step, "loss": loss, "loss_ema": ema, "learning_rate": lr}
 
 
 class _Stop(Exception):
