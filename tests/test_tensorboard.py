@@ -96,7 +96,7 @@ def test_resumed_run_continues_the_step_curve(tiny_model_dir: Path, tmp_path: Pa
     resumed = qatune.train({**cfg, "resume": True}, progress=False)
     steps = lambda r: [p for h in r.history for p in h["steps"]]  # noqa: E731
     assert [p["step"] for p in steps(resumed)] == [p["step"] for p in steps(whole)]
-    for a, b in zip(steps(resumed), steps(whole)):
+    for a, b in zip(steps(resumed), steps(whole), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["loss_ema"] == pytest.approx(b["loss_ema"], rel=1e-4)
     events = scalars(tmp_path / "broken").Scalars("train/loss")
     assert sorted(e.step for e in events) == [p["step"] for p in steps(whole)]  # every step once, over two writers

@@ -27,6 +27,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--null-threshold", "null_threshold", float, "SQuAD v2 no-answer threshold (default: tuned on eval)"),
     ("--tracking-uri", "tracking_uri", str, "MLflow tracking URI (default sqlite mlflow.db beside the runs)"),
     ("--experiment", "experiment", str, "MLflow experiment name"),
+    ("--register-model", "register_model", str, "register the run as a new version of this MLflow Model Registry name"),
     ("--save-steps", "save_steps", int, "also checkpoint every N steps"),
     ("--stop-after-steps", "stop_after_steps", int, "checkpoint and stop after N steps (resume later)"),
     ("--device", "device", str, "auto, cpu or cuda"),
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, progress=not args.no_progress)
     summary = {"output": str(result.output_dir), "status": result.status}
     summary.update({k: result.metrics[k] for k in ("exact_match", "f1", "exact", "HasAns_f1", "NoAns_f1",
-                                                  "train_time_s", "trainable_params") if k in result.metrics})
+                                                  "train_time_s", "trainable_params", "registered_model")
+                    if k in result.metrics})
     from qatune.runtime import is_main_process
 
     if is_main_process():  # under torchrun, one summary (rank 0's) rather than one per rank

@@ -501,12 +501,12 @@ def _loss_plot(finished: list[dict[str, Any]], colors: dict[str, Any]) -> bytes 
             epochs = [(_step_axis(history, i), h["train_loss"]) for i, h in enumerate(history)
                       if isinstance(h.get("train_loss"), (int, float))]
             if epochs:
-                axes[0].plot(*zip(*epochs), color=color, marker="o", linewidth=1.8, label=label)
+                axes[0].plot(*zip(*epochs, strict=True), color=color, marker="o", linewidth=1.8, label=label)
                 plotted = True
         val = [(_step_axis(history, i), h["eval_loss"]) for i, h in enumerate(history)
                if isinstance(h.get("eval_loss"), (int, float))]
         if val:
-            axes[1].plot(*zip(*val), color=color, marker="o", linewidth=1.8, label=label)
+            axes[1].plot(*zip(*val, strict=True), color=color, marker="o", linewidth=1.8, label=label)
             plotted = True
         epoch_ends.update(_step_axis(history, i) for i in range(len(history)))
     if not plotted:

@@ -202,6 +202,14 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
+    def log_model(self, data_dir: Path, input_example: Any, output_example: Any, register_as: str | None) -> Any:
+        """Log a staged run directory as this run's MLflow pyfunc model (:mod:`qatune.tracking.mlflow_model`);
+        raises on failure (the caller reports it: :func:`qatune.inference.pyfunc.log_run_model`)."""
+        from qatune.tracking.mlflow_model import log_model
+
+        self._mlflow.set_tracking_uri(self.uri)
+        return log_model(data_dir, input_example, output_example, register_as)
+
     def end(self, status: str = "FINISHED") -> None:
         self.flush()
         if self.tensorboard is not None:

@@ -412,9 +412,18 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
             metrics = _save_run(cfg, out, backend, model, tokenizer, state, last_eval, method, lr, precision,
                                 trainable, total, len(train_examples), len(train_features), record, base_model)
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"})
-            tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json"])
-            tracker.log_artifacts([p for p in out.iterdir() if p.name.startswith(("adapter_", "model"))
-                                   and p.suffix in (".json", ".safetensors")], artifact_path="model")
+            tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json", out / "README.md"])
+            if tracker.enabled:  # the weights go in as an MLflow Model (pyfunc) that MLflow and qatune load
+                from qatune.inference.pyfunc import log_run_model
+
+                example = (eval_examples or train_examples)[0]
+                info = log_run_model(tracker, out, task.to_request(example), cfg.register_model)
+                if info is not None:
+                    metrics["mlflow_model_uri"] = info.model_uri
+                    if cfg.register_model:
+                        version = info.registered_model_version
+                        metrics["registered_model"] = f"models:/{cfg.register_model}/{version}"
+                        _log(f"registered as {metrics['registered_model']} in {tracker.uri}")
         except BaseException:
             tracker.end("FAILED")
             raise
@@ -537,10 +546,13 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
     before = set(os.listdir(out))
     backend.save_run(model, tokenizer, out)
     # `model` keeps what the user typed; `base_model_path` is what it meant here and now (absolute for a local
-    # folder): a PEFT run loads its base from that path, never from a relative path under another directory
+    # folder): a PEFT run loads its base from that path, never from a relative path under another directory.
+    # An embedded model is recorded by its hub id (portable; resolved to the bundled copy when loaded).
+    portable = getattr(backend, "portable_model_id", None)
+    recorded_base = portable(cfg.model, base_model) if portable is not None else base_model
     tmp_config = out / f".{RUN_CONFIG}.tmp"
     save_config(cfg, tmp_config, extra={
-        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": base_model,
+        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": recorded_base,
         **record, "precision_used": precision,
     })
     os.replace(tmp_config, out / RUN_CONFIG)
@@ -560,7 +572,10 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
     if last_eval is not None:
         for name, data in last_eval.files.items():
             write_json(out / name, data)
+    from qatune.training.model_card import MODEL_CARD, write_model_card
+
+    write_model_card(out)  # replaces PEFT's stub README.md: from the files just written
     # the manifest: exactly what this run wrote, so --overwrite later removes these and nothing else
-    written = {*RUN_FILES, *(last_eval.files if last_eval is not None else ())}
+    written = {*RUN_FILES, MODEL_CARD, *(last_eval.files if last_eval is not None else ())}
     rundir.record(out, "run", (set(os.listdir(out)) - before) | {n for n in written if (out / n).exists()})
     return metrics
