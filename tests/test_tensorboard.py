@@ -120,3 +120,25 @@ def test_unknown_tracker_is_a_config_error() -> None:
         load_config(base={"tracking": ["mlflow", "wandb"]})
     with pytest.raises(ConfigError, match="register_model.*MLflow tracking is off"):
         load_config(base={"tracking": ["tensorboard"], "register_model": "squad"})
+
+
+def test_compare_loss_plot_draws_per_step_curves(tb_run: Any) -> None:
+    """One smoothed line per method from the per-step points (plus its faint raw line); a run written before
+    per-step curves existed gets its per-epoch means at the epochs' last steps."""
+    from qatune.compare.report import _colors, loss_figure
+
+    history = json.loads((tb_run.output_dir / "history.json").read_text())
+    legacy = [{k: v for k, v in h.items() if k != "steps"} for h in history]
+    records = [{"row": {"method": "lora"}, "history": history}, {"row": {"method": "old"}, "history": legacy}]
+    fig = loss_figure(records, _colors(["lora", "old"]))
+    train_ax, val_ax = fig.axes[:2]
+    assert train_ax.get_xlabel().startswith("optimizer step") and "loss" in train_ax.get_ylabel()
+    assert train_ax.get_legend_handles_labels()[1] == ["lora", "old"]
+    lines = {line.get_label(): line for line in train_ax.get_lines() if not line.get_label().startswith("_")}
+    points = [p for h in history for p in h["steps"]]
+    assert list(lines["lora"].get_xdata()) == [p["step"] for p in points]
+    assert list(lines["lora"].get_ydata()) == pytest.approx([p["loss_ema"] for p in points])
+    assert list(lines["old"].get_xdata()) == [h["step"] for h in history]  # legacy: per epoch, at its last step
+    assert list(lines["old"].get_ydata()) == pytest.approx([h["train_loss"] for h in history])
+    val = {line.get_label(): line for line in val_ax.get_lines() if not line.get_label().startswith("_")}
+    assert list(val["lora"].get_ydata()) == pytest.approx([h["eval_loss"] for h in history])

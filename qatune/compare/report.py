@@ -479,7 +479,7 @@ def _step_axis(history: list[dict[str, Any]], i: int) -> float:
     return float(history[i].get("step") or history[i].get("epoch") or i + 1)
 
 
-def _loss_plot(finished: list[dict[str, Any]], colors: dict[str, Any]) -> bytes | None:
+def loss_figure(finished: list[dict[str, Any]], colors: dict[str, Any]) -> Any:
     """Per-step training loss (raw faint, EMA solid) and validation loss at each epoch's end, on one step axis.
 
     Runs written before per-step curves existed (no ``steps`` in history.json) show their per-epoch mean
@@ -511,10 +511,11 @@ def _loss_plot(finished: list[dict[str, Any]], colors: dict[str, Any]) -> bytes 
         epoch_ends.update(_step_axis(history, i) for i in range(len(history)))
     if not plotted:
         return None
-    for ax, title in ((axes[0], "Training loss per optimizer step"), (axes[1], "Validation loss after each epoch")):
+    axes[0].set_title("Training loss per optimizer step (faint: raw, solid: smoothed)")
+    axes[1].set_title("Validation loss after each epoch")
+    for ax in axes:
         for x in sorted(epoch_ends):
             ax.axvline(x, color="0.6", linewidth=0.7, linestyle=":")  # epoch boundaries
-        ax.set_title(title)
         ax.set_xlabel("optimizer step (dotted lines: epoch ends)")
         ax.set_ylabel("loss (cross-entropy, nats)")
         ax.set_xlim(left=0)
@@ -523,7 +524,7 @@ def _loss_plot(finished: list[dict[str, Any]], colors: dict[str, Any]) -> bytes 
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title="method", fontsize=9)
-    return _png(fig)
+    return fig
 
 
 def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
@@ -535,9 +536,9 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     colors = _colors([r["row"]["method"] for r in report["records"]])
     images: dict[str, bytes] = {}
 
-    png = _loss_plot(finished, colors)
-    if png:
-        images["loss_curves"] = png
+    fig = loss_figure(finished, colors)
+    if fig is not None:
+        images["loss_curves"] = _png(fig)
 
     spec = report["spec"]
     key, label = spec.primary, spec.primary_label
