@@ -128,3 +128,22 @@ def test_mlflow_models_serve_answers(registered: dict[str, Any], server: str, tm
         with urllib.request.urlopen(request, timeout=60) as response:
             predictions = json.loads(response.read())["predictions"]
         same_answers(predictions, registered["expected"])
+
+
+def test_register_model_flag_and_config_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    from conftest import assert_clean_error, cli
+
+    from qatune.training import trainer
+
+    seen: list[Any] = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, progress=True: seen.append(cfg) or trainer.TrainResult(
+        Path(cfg.output), {"registered_model": f"models:/{cfg.register_model}/4"}))
+    rc, out, _ = cli(capsys, "train", "--train", "x.json", "--output", tmp_path / "r", "--register-model", "squad-lora",
+                     "tracking=mlflow,tensorboard")
+    assert rc == 0 and seen[0].register_model == "squad-lora" and seen[0].tracking == ["mlflow", "tensorboard"]
+    assert json.loads(out)["registered_model"] == "models:/squad-lora/4"
+    rc, _, err = cli(capsys, "train", "--train", "x.json", "--output", tmp_path / "r", "--register-model", "squad-lora",
+                     "--no-tracking")
+    assert_clean_error(rc, err, "register_model", "MLflow tracking is off")
+    assert len(seen) == 1  # refused before training

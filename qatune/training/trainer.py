@@ -116,8 +116,8 @@ RUN_FILES = ("qatune.yaml", "metrics.json", "history.json")
 # config keys that do not change the training trajectory: free to change between a checkpoint and --resume
 RESUME_FREE_KEYS = frozenset({
     "eval", "max_eval_samples", "eval_batch_size", "do_eval", "save_steps", "stop_after_steps", "resume",
-    "overwrite", "tracking", "tracking_uri", "register_model", "experiment", "run_name", "cache_dir", "num_threads", "device", "debug",
-    "output",
+    "overwrite", "tracking", "tracking_uri", "register_model", "experiment", "run_name", "cache_dir", "num_threads",
+    "device", "debug", "output",
 })
 # fingerprinted as resolved; the task's section without its evaluation-only options (QA: n_best, ...)
 _RESOLVED_KEYS = frozenset({"learning_rate", "method_options", "model", "train", "task_options"})
