@@ -35,7 +35,8 @@ def evaluate(run_dir: str, data: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def load(path: str, **kwargs: Any) -> Any:
-    """Load a run directory (adapter, full model or exported ONNX) as its task's ready predictor."""
+    """Load a run directory (adapter, full model or exported ONNX), or an MLflow model URI of a run
+    (``models:/NAME/3``; ``tracking_uri=`` or MLFLOW_TRACKING_URI names the server), as its task's predictor."""
     from qatune.inference.loader import load_predictor
     from qatune.quiet import quieted
 

@@ -56,8 +56,9 @@ class TrainConfig:
     stop_after_steps: int | None = None  # stop resumably after N optimizer steps (job time slots)
     resume: bool = False
     overwrite: bool = False  # replace a finished run in the output dir
-    tracking: bool = True
+    tracking: bool | list[str] = True  # true (MLflow), false, or trackers: [mlflow, tensorboard]
     tracking_uri: str | None = None  # default: sqlite mlflow.db beside the output dir
+    register_model: str | None = None  # MLflow Model Registry name: each run becomes a new version
     experiment: str = "qatune"
     run_name: str | None = None
     cache_dir: str | None = None
@@ -295,8 +296,33 @@ def validate(cfg: TrainConfig) -> None:
     for name, allowed in RANGES.items():
         allowed.check(name, getattr(cfg, name))
     check_device(cfg.device)
+    _check_tracking(cfg)
     if cfg.precision not in {"auto", "bf16", "fp32"}:
         raise ConfigError(f"precision must be auto, bf16 or fp32, got '{cfg.precision}'")
+
+
+def _check_tracking(cfg: TrainConfig) -> None:
+    """``tracking``: a bool stays a bool; names become a checked list (none: false). A tracker whose package
+    is missing is refused here, not after the training."""
+    import importlib.util
+
+    from qatune.tracking import TRACKERS, tracking_backends
+
+    try:
+        names = tracking_backends(cfg.tracking)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'tracking': {exc}") from None
+    if not isinstance(cfg.tracking, bool):
+        cfg.tracking = names or False
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"config key 'tracking': {name} is not installed (pip install {name}), or leave it "
+                              f"out of tracking (trackers: {', '.join(TRACKERS)})")
+    if cfg.register_model is not None and not cfg.register_model.strip():
+        raise ConfigError("config key 'register_model' must not be empty: a Model Registry name such as squad-lora")
+    if cfg.register_model and "mlflow" not in names:
+        raise ConfigError(f"config key 'register_model' ({cfg.register_model}) registers the run in MLflow's Model "
+                          "Registry, but MLflow tracking is off; drop --no-tracking or add mlflow to tracking")
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:

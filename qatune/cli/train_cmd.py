@@ -35,6 +35,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-seq-length", "max_seq_length", int, "window length in tokens (384)"),
     ("--tracking-uri", "tracking_uri", str, "MLflow tracking URI (default sqlite mlflow.db beside the runs)"),
     ("--experiment", "experiment", str, "MLflow experiment name"),
+    ("--register-model", "register_model", str, "register the run as a new version of this MLflow Model Registry name"),
     ("--save-steps", "save_steps", int, "also checkpoint every N steps"),
     ("--stop-after-steps", "stop_after_steps", int, "checkpoint and stop after N steps (resume later)"),
     ("--device", "device", str, "auto, cpu or cuda"),
@@ -152,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     from qatune.tasks import get_task
 
     report = get_task(cfg.task).report  # the task's metric columns (QA: exact_match, f1, HasAns/NoAns F1)
-    keys = [c.key for c in (*report.columns, *report.optional)] + ["exact", "train_time_s", "trainable_params"]
+    keys = [c.key for c in (*report.columns, *report.optional)] + ["exact", "train_time_s", "trainable_params",
+                                                                  "registered_model"]
     summary.update({k: result.metrics[k] for k in dict.fromkeys(keys) if k in result.metrics})
     from qatune.runtime import is_main_process
 

@@ -33,7 +33,8 @@ REPORT_FILES = ["report.csv", "report.md", "report.json", "report.html"]
 def plots_for(spec: ReportSpec) -> dict[str, str]:
     """Plot file stem -> caption."""
     return {
-        "loss_curves": "Training and validation loss per epoch, per method (lower is better).",
+        "loss_curves": "Training loss per optimizer step (faint: raw, solid: smoothed, an exponential moving "
+                       "average) and validation loss after each epoch, per method (lower is better).",
         f"{spec.primary}_vs_params": f"{spec.primary_label} against trainable parameters (log scale): up and to the "
                                      "left is better.",
         "train_time": "Training time per method (training loop only; evaluation excluded).",
@@ -473,6 +474,59 @@ def _bars(rows: list[dict[str, Any]], key: str, xlabel: str, title: str, colors:
     return _png(fig)
 
 
+def _step_axis(history: list[dict[str, Any]], i: int) -> float:
+    """Where epoch ``i`` of a history ended on the optimizer-step axis (older runs: the epoch number)."""
+    return float(history[i].get("step") or history[i].get("epoch") or i + 1)
+
+
+def loss_figure(finished: list[dict[str, Any]], colors: dict[str, Any]) -> Any:
+    """Per-step training loss (raw faint, EMA solid) and validation loss at each epoch's end, on one step axis.
+
+    Runs written before per-step curves existed (no ``steps`` in history.json) show their per-epoch mean
+    training loss at the epoch's last step instead, with markers."""
+    fig = _figure(12, 4.8)
+    axes = fig.subplots(1, 2, sharex=True)
+    plotted = False
+    epoch_ends: set[float] = set()
+    for r in finished:
+        label, history = r["row"]["method"], r["history"]
+        color = colors[label]
+        points = [p for h in history for p in (h.get("steps") or [])]
+        if points:
+            xs = [p["step"] for p in points]
+            axes[0].plot(xs, [p["loss"] for p in points], color=color, alpha=0.22, linewidth=0.8)
+            axes[0].plot(xs, [p["loss_ema"] for p in points], color=color, linewidth=1.8, label=label)
+            plotted = True
+        else:
+            epochs = [(_step_axis(history, i), h["train_loss"]) for i, h in enumerate(history)
+                      if isinstance(h.get("train_loss"), (int, float))]
+            if epochs:
+                axes[0].plot(*zip(*epochs, strict=True), color=color, marker="o", linewidth=1.8, label=label)
+                plotted = True
+        val = [(_step_axis(history, i), h["eval_loss"]) for i, h in enumerate(history)
+               if isinstance(h.get("eval_loss"), (int, float))]
+        if val:
+            axes[1].plot(*zip(*val, strict=True), color=color, marker="o", linewidth=1.8, label=label)
+            plotted = True
+        epoch_ends.update(_step_axis(history, i) for i in range(len(history)))
+    if not plotted:
+        return None
+    axes[0].set_title("Training loss per optimizer step (faint: raw, solid: smoothed)")
+    axes[1].set_title("Validation loss after each epoch")
+    for ax in axes:
+        for x in sorted(epoch_ends):
+            ax.axvline(x, color="0.6", linewidth=0.7, linestyle=":")  # epoch boundaries
+        ax.set_xlabel("optimizer step (dotted lines: epoch ends)")
+        ax.set_ylabel("loss (cross-entropy, nats)")
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title="method", fontsize=9)
+    return fig
+
+
 def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     """PNG bytes per plot stem, for the finished methods."""
     finished = [r for r in report["records"] if r["row"]["status"] == "finished"]
@@ -482,26 +536,8 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     colors = _colors([r["row"]["method"] for r in report["records"]])
     images: dict[str, bytes] = {}
 
-    fig = _figure(11, 4.6)
-    axes = fig.subplots(1, 2)
-    plotted = False
-    for ax, key, title in ((axes[0], "train_loss", "Training loss"), (axes[1], "eval_loss", "Validation loss")):
-        for r in finished:
-            points = [(h["epoch"], h[key]) for h in r["history"] if isinstance(h.get(key), (int, float))]
-            if points:
-                plotted = True
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=r["row"]["method"],
-                        color=colors[r["row"]["method"]], linestyle="-" if key == "train_loss" else "--")
-        ax.set_title(f"{title} per epoch")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss (mean start/end cross-entropy)")
-        epochs = max((len(r["history"]) for r in finished), default=1)
-        ax.set_xticks(range(1, epochs + 1))
-        ax.set_xlim(0.5, epochs + 0.5)
-        ax.grid(alpha=0.3)
-    if plotted:
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside right upper", title="method", fontsize=9)
+    fig = loss_figure(finished, colors)
+    if fig is not None:
         images["loss_curves"] = _png(fig)
 
     spec = report["spec"]

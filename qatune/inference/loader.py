@@ -128,13 +128,19 @@ def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dro
 
 
 def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str = "auto", merge: bool = True,
-                   **options: Any) -> Predictor:
+                   tracking_uri: str | None = None, **options: Any) -> Predictor:
     """The run's task predictor (``options`` are the task's, e.g. ``null_threshold`` for QA) over a
-    PyTorch runner, or over any runner a RUNNER_LOADERS entry knows (ONNX exports)."""
+    PyTorch runner, or over any runner a RUNNER_LOADERS entry knows (ONNX exports).
+
+    ``path`` may also be an MLflow model URI of a qatune run (``models:/NAME/3``, ``runs:/ID/model``): it is
+    downloaded from ``tracking_uri`` (default ``MLFLOW_TRACKING_URI``) into a fresh temporary folder first."""
     from qatune.runtime import check_device
+    from qatune.tracking.mlflow_model import download_model, is_model_uri
 
     check_device(device)  # the options first: a typo fails before minutes of loading
     options = {k: v for k, v in options.items() if v is not None}
+    if is_model_uri(path):
+        path = download_model(str(path), tracking_uri)
     run_dir = Path(path)
     task_of(read_run_config(run_dir)).check_options(options)
     for applies, factory in RUNNER_LOADERS:

@@ -49,6 +49,7 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_loss_sum: float = 0.0
     epoch_loss_n: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the current epoch's per-step curve points
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

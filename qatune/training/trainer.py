@@ -55,6 +55,10 @@ class TrainResult:
     status: str = "finished"  # finished | stopped (resumable)
 
 
+# smoothing of the per-step training loss in history.json / MLflow / TensorBoard (an exponential moving
+# average: ema = BETA * ema + (1 - BETA) * loss, starting at the first step's loss)
+LOSS_EMA_BETA = 0.9
+
 # return freed heap pages to the OS every N optimizer steps on CPU (see runtime.release_free_memory)
 TRIM_EVERY_STEPS = max(1, int(os.environ.get("QATUNE_TRIM_EVERY_STEPS", "1")))
 
@@ -113,8 +117,8 @@ RUN_FILES = ("qatune.yaml", "metrics.json", "history.json")
 # config keys that do not change the training trajectory: free to change between a checkpoint and --resume
 RESUME_FREE_KEYS = frozenset({
     "eval", "max_eval_samples", "eval_batch_size", "do_eval", "save_steps", "stop_after_steps", "resume",
-    "overwrite", "tracking", "tracking_uri", "experiment", "run_name", "cache_dir", "num_threads", "device", "debug",
-    "output",
+    "overwrite", "tracking", "tracking_uri", "register_model", "experiment", "run_name", "cache_dir", "num_threads",
+    "device", "debug", "output",
 })
 # fingerprinted as resolved; the task's section without its evaluation-only options (QA: n_best, ...)
 _RESOLVED_KEYS = frozenset({"learning_rate", "method_options", "model", "train", "task_options"})
@@ -295,6 +299,8 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     from qatune.tracking import Tracker
 
     tracker = Tracker(cfg.tracking, out, cfg.tracking_uri, cfg.experiment, cfg.run_name)  # rank 0 only
+    if tracker.tensorboard is not None:
+        rundir.record(out, "run", [tracker.tensorboard.log_dir.name])  # --overwrite may remove it, nothing else
     tracker.start({**config_to_dict(cfg), "learning_rate": lr, "trainable_params": trainable,
                    "total_params": total, "precision": precision, "train_features": len(train_features),
                    "world_size": world})
@@ -337,6 +343,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                 if distributed:
                     torch.distributed.all_reduce(step_loss)  # the global-batch loss, identical on every rank
                 torch.nn.utils.clip_grad_norm_(span_model.parameters(), cfg.max_grad_norm)
+                step_lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses (before scheduler.step)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -346,6 +353,9 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                 state.step_in_epoch += 1
                 state.epoch_loss_sum += float(step_loss)
                 state.epoch_loss_n += 1
+                point = _step_point(state, float(step_loss), step_lr)
+                state.steps.append(point)
+                tracker.log_step(state.global_step, {k: v for k, v in point.items() if k != "step"})
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.epoch_loss_sum / state.epoch_loss_n:.3f}", epoch=epoch + 1)
                 stop = cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps
@@ -360,15 +370,18 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                                       "train_loss": state.epoch_loss_sum / max(state.epoch_loss_n, 1),
                                       "train_time_s": round(state.train_time_s, 3),
                                       "learning_rate": scheduler.get_last_lr()[0]}
+            steps, state.steps = state.steps, []
             if evaluating and is_main:  # the other ranks wait in broadcast_object below
                 last_eval = task.evaluate(span_model, tokenizer, eval_examples, eval_features, task_options,
                                           **eval_kwargs)
                 record.update({k: v for k, v in last_eval.metrics.items() if isinstance(v, (int, float))})
+            record["steps"] = steps  # per-step curve last: the epoch's summary keys come first in history.json
             record = runtime.broadcast_object(record)  # every rank keeps the same history
             _log("epoch {epoch}: train loss {train_loss:.4f}".format(**record) + "".join(
                 f", {k} {record[k]:.4f}" for k in shown_metrics if k in record))
             state.history.append(record)
             tracker.log_metrics(record, step=epoch + 1)
+            tracker.flush()
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.epoch_loss_sum, state.epoch_loss_n = 0.0, 0
             if epoch + 1 < cfg.epochs:
@@ -400,9 +413,18 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
             metrics = _save_run(cfg, out, backend, model, tokenizer, state, last_eval, method, lr, precision,
                                 trainable, total, len(train_examples), len(train_features), record, base_model)
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"})
-            tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json"])
-            tracker.log_artifacts([p for p in out.iterdir() if p.name.startswith(("adapter_", "model"))
-                                   and p.suffix in (".json", ".safetensors")], artifact_path="model")
+            tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json", out / "README.md"])
+            if tracker.enabled:  # the weights go in as an MLflow Model (pyfunc) that MLflow and qatune load
+                from qatune.inference.pyfunc import log_run_model
+
+                example = (eval_examples or train_examples)[0]
+                info = log_run_model(tracker, out, task.to_request(example), cfg.register_model)
+                if info is not None:
+                    metrics["mlflow_model_uri"] = info.model_uri
+                    if cfg.register_model:
+                        version = info.registered_model_version
+                        metrics["registered_model"] = f"models:/{cfg.register_model}/{version}"
+                        _log(f"registered as {metrics['registered_model']} in {tracker.uri}")
         except BaseException:
             tracker.end("FAILED")
             raise
@@ -410,6 +432,15 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         remove_checkpoint(out)
     runtime.barrier()  # no rank returns (and, under torchrun, exits) before the run directory is complete
     return TrainResult(out, metrics, state.history, status)
+
+
+def _step_point(state: TrainerState, loss: float, lr: float) -> dict[str, Any]:
+    """One optimizer step's point of the curves: raw loss, its EMA (continued across epochs and resumes from
+    the previous point in the checkpointed state/history) and the learning rate the step used."""
+    previous = state.steps[-1] if state.steps else next(
+        (h["steps"][-1] for h in reversed(state.history) if h.get("steps")), None)
+    ema = loss if previous is None else LOSS_EMA_BETA * float(previous["loss_ema"]) + (1 - LOSS_EMA_BETA) * loss
+    return {"step": state.global_step, "loss": loss, "loss_ema": ema, "learning_rate": lr}
 
 
 class _Stop(Exception):
@@ -516,10 +547,13 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
     before = set(os.listdir(out))
     backend.save_run(model, tokenizer, out)
     # `model` keeps what the user typed; `base_model_path` is what it meant here and now (absolute for a local
-    # folder): a PEFT run loads its base from that path, never from a relative path under another directory
+    # folder): a PEFT run loads its base from that path, never from a relative path under another directory.
+    # An embedded model is recorded by its hub id (portable; resolved to the bundled copy when loaded).
+    portable = getattr(backend, "portable_model_id", None)
+    recorded_base = portable(cfg.model, base_model) if portable is not None else base_model
     tmp_config = out / f".{RUN_CONFIG}.tmp"
     save_config(cfg, tmp_config, extra={
-        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": base_model,
+        "method_name": method.name, "resolved_learning_rate": lr, "base_model_path": recorded_base,
         **record, "precision_used": precision,
     })
     os.replace(tmp_config, out / RUN_CONFIG)
@@ -553,7 +587,10 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
     write_json(out / "history.json", state.history, strict=True)
     for name, data in files.items():
         write_json(out / name, data, strict=True)
+    from qatune.training.model_card import MODEL_CARD, write_model_card
+
+    write_model_card(out)  # replaces PEFT's stub README.md: from the files just written
     # the manifest: exactly what this run wrote, so --overwrite later removes these and nothing else
-    written = {*RUN_FILES, *(last_eval.files if last_eval is not None else ())}
+    written = {*RUN_FILES, MODEL_CARD, *(last_eval.files if last_eval is not None else ())}
     rundir.record(out, "run", (set(os.listdir(out)) - before) | {n for n in written if (out / n).exists()})
     return metrics

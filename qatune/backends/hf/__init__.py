@@ -52,6 +52,12 @@ class HFBackend:
 
         return name in ALIASES or bool(name and Path(name).expanduser().exists())
 
+    def portable_model_id(self, name: str, resolved: str | None = None) -> str:
+        """The base model as a run records it: the hub id of an embedded model, else the resolved name."""
+        from qatune.backends.hf.models import portable_model_id
+
+        return portable_model_id(name, resolved)
+
     def load_tokenizer(self, name: str, spec: Any, options: Any = None) -> Any:
         from qatune.backends.hf.models import load_tokenizer
 
@@ -78,6 +84,7 @@ class HFBackend:
     def save_run(self, model: Any, tokenizer: Any, out: Path) -> None:
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
+        _portable_adapter_config(out)
 
     def base_model_of(self, run_cfg: dict[str, Any], run_dir: str | Path | None = None) -> str:
         """The run's base model, as recorded at training time: never what a relative path means from here.
@@ -153,3 +160,24 @@ class HFBackend:
             except Exception:  # noqa: BLE001 - not mergeable: the adapter ops stay as they are
                 return model
         return model
+
+
+def _portable_adapter_config(out: Path) -> None:
+    """PEFT writes the base model's local folder into ``adapter_config.json`` (for the embedded MiniLM a
+    site-packages path that exists on this machine only); write the hub id instead, so plain
+    ``PeftModel.from_pretrained(AutoModel...(hub id), run_dir)`` works wherever that id resolves."""
+    import json
+
+    from qatune.backends.hf.models import portable_model_id
+    from qatune.core.jsonio import write_json
+
+    path = out / "adapter_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    base = data.get("base_model_name_or_path")
+    if isinstance(base, str) and base:
+        portable = portable_model_id(base, base)
+        if portable != base:
+            data["base_model_name_or_path"] = portable
+            write_json(path, data)

@@ -22,20 +22,47 @@ def _minilm_path() -> str:
 
 # alias -> function returning a local model directory
 ALIASES: dict[str, Any] = {"minilm": _minilm_path}
+# alias -> the Hugging Face hub id of the model it embeds: what a run records as its base model, so a run
+# directory (and a PEFT adapter's adapter_config.json) names a model that resolves on any machine
+HUB_IDS: dict[str, str] = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+_EMBEDDED = {hub: alias for alias, hub in HUB_IDS.items()}
 
 
 def resolve_model(name: str) -> str:
-    """Return a local path or hub id for ``name``; aliases resolve to the embedded model's directory.
+    """Return a local path or hub id for ``name``; aliases, and the hub ids of embedded models, resolve to
+    the embedded model's directory (so ``sentence-transformers/all-MiniLM-L6-v2`` loads offline).
 
     An existing local path comes back absolute, so a run records a base model that loads from any
     working directory (``--model ./my-model`` then ``qatune predict`` elsewhere).
     """
     if name in ALIASES:
         return ALIASES[name]()
+    if name in _EMBEDDED:
+        try:
+            return ALIASES[_EMBEDDED[name]]()
+        except ModelError:
+            return name  # the embedding package is not installed: the hub id itself (online, or the HF cache)
     local = Path(name).expanduser()
     if local.exists():
         return str(local.resolve())
     return name
+
+
+def portable_model_id(name: str, resolved: str | None = None) -> str:
+    """What a run records as its base model: the hub id for an embedded model (given as alias, hub id or its
+    bundled folder), otherwise the resolved name (a local folder's absolute path, as the user chose it)."""
+    if name in HUB_IDS:
+        return HUB_IDS[name]
+    if name in _EMBEDDED:
+        return name
+    resolved = resolved or resolve_model(name)
+    for alias, hub in HUB_IDS.items():
+        try:
+            if Path(resolved).expanduser().resolve() == Path(ALIASES[alias]()).resolve():
+                return hub
+        except (ModelError, OSError):
+            continue
+    return resolved
 
 
 def _load_error(name: str, exc: Exception) -> ModelError:

@@ -1,7 +1,11 @@
-"""MLflow tracking: on by default to a local SQLite store beside the runs, off with ``--no-tracking``.
+"""Experiment tracking: MLflow (on by default, to a local SQLite store beside the runs) and TensorBoard
+(``tracking: [mlflow, tensorboard]``); off with ``--no-tracking`` / ``tracking: false``.
 
 Only the main process logs. MLflow is imported lazily (it is slow to import) and a tracking failure
-never kills a training run: it is reported once and tracking is switched off.
+never kills a training run: it is reported once and tracking is switched off. Per-step curves (training
+loss, its EMA, learning rate) go to MLflow in batches and to ``<run>/tensorboard/`` (see
+:mod:`qatune.tracking.tensorboard`); the trained run is logged as an MLflow Model
+(:mod:`qatune.tracking.mlflow_model`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,29 @@ from typing import Any
 from qatune.runtime import is_main_process
 
 PARENT_RUN_ENV = "QATUNE_PARENT_RUN_ID"  # parent MLflow run id for nested runs (set by qatune compare)
+TRACKERS = ("mlflow", "tensorboard")
+STEP_FLUSH_EVERY = 50  # per-step MLflow metrics are sent in batches: one request per N steps, not per step
+
+
+def tracking_backends(value: Any) -> list[str]:
+    """The trackers a ``tracking`` config value turns on: ``true`` is MLflow alone (the default before
+    TensorBoard existed), ``false``/``null`` none, a name, comma-separated names or a list of names those.
+    Raises ValueError naming an unknown tracker."""
+    if value is None or value is False:
+        return []
+    if value is True:
+        return ["mlflow"]
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"{value!r} is not true, false or a list of trackers ({', '.join(TRACKERS)})")
+    out: list[str] = []
+    for name in names:
+        norm = str(name).strip().lower()
+        if norm not in TRACKERS:
+            raise ValueError(f"unknown tracker {name!r}; trackers: {', '.join(TRACKERS)} (or true / false)")
+        if norm not in out:
+            out.append(norm)
+    return out
 
 
 def default_tracking_uri(output_dir: Path) -> str:
@@ -47,9 +74,18 @@ def _end_leftover_run(mlflow: Any) -> None:
 
 
 class Tracker:
-    def __init__(self, enabled: bool, output_dir: Path, uri: str | None = None, experiment: str = "qatune",
+    """The trackers of one training (or comparison) run; ``tracking`` is the config value (bool or names)."""
+
+    def __init__(self, tracking: Any, output_dir: Path, uri: str | None = None, experiment: str = "qatune",
                  run_name: str | None = None) -> None:
-        self.enabled = enabled and is_main_process()
+        backends = tracking_backends(tracking)
+        main = is_main_process()
+        self.enabled = "mlflow" in backends and main
+        self.tensorboard: Any = None
+        if "tensorboard" in backends and main:
+            from qatune.tracking.tensorboard import TensorBoardLogger
+
+            self.tensorboard = TensorBoardLogger(output_dir / "tensorboard")
         self.output_dir = output_dir
         self.uri = uri or default_tracking_uri(output_dir)
         self.experiment = experiment
@@ -58,6 +94,7 @@ class Tracker:
         self._mlflow: Any = None
         self._last_step = 0
         self._logged: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
+        self._pending_steps: list[tuple[int, dict[str, float]]] = []  # per-step metrics not yet sent to MLflow
 
     def _fail(self, exc: Exception) -> None:
         print(f"qatune: MLflow tracking disabled after an error ({self.uri}): {exc}", file=sys.stderr)
@@ -101,6 +138,8 @@ class Tracker:
         put the final value before the first epoch in MLflow's charts), and a metric already logged there
         with the same value is not logged again (so ``train_loss`` has one point per epoch).
         """
+        if self.tensorboard is not None and step is not None:
+            self.tensorboard.log_epoch(metrics)
         if not self.enabled:
             return
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -117,6 +156,40 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        """Per-optimizer-step curves (``loss``, ``loss_ema``, ``learning_rate``): TensorBoard at once, MLflow
+        as ``step/<name>`` in batches (a request per step would slow a run against a remote server)."""
+        if self.tensorboard is not None:
+            self.tensorboard.log_step(step, values)
+        if not self.enabled:
+            return
+        self._pending_steps.append((step, values))
+        if len(self._pending_steps) >= STEP_FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send buffered per-step metrics to MLflow (called every STEP_FLUSH_EVERY steps and at epoch ends)."""
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
+        if not self.enabled or not self._pending_steps or self.run_id is None:
+            self._pending_steps.clear()
+            return
+        pending, self._pending_steps = self._pending_steps, []
+        try:
+            import time
+
+            from mlflow.entities import Metric
+            from mlflow.tracking import MlflowClient
+
+            now = int(time.time() * 1000)
+            batch = [Metric(f"step/{key}", float(value), now, step) for step, values in pending
+                     for key, value in values.items()]
+            client = MlflowClient(tracking_uri=self.uri)
+            for i in range(0, len(batch), 1000):  # MLflow's log_batch limit is 1000 metrics per request
+                client.log_batch(self.run_id, metrics=batch[i: i + 1000], synchronous=True)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
         if not self.enabled:
             return
@@ -129,7 +202,19 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
+    def log_model(self, data_dir: Path, input_example: Any, output_example: Any, register_as: str | None) -> Any:
+        """Log a staged run directory as this run's MLflow pyfunc model (:mod:`qatune.tracking.mlflow_model`);
+        raises on failure (the caller reports it: :func:`qatune.inference.pyfunc.log_run_model`)."""
+        from qatune.tracking.mlflow_model import log_model
+
+        self._mlflow.set_tracking_uri(self.uri)
+        return log_model(data_dir, input_example, output_example, register_as)
+
     def end(self, status: str = "FINISHED") -> None:
+        self.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self._mlflow is not None and self.run_id is not None:
             try:
                 self._mlflow.end_run(status=status)
