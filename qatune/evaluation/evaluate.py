@@ -28,6 +28,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     from qatune.inference.loader import BATCH_SIZE, load_predictor, task_of
     from qatune.ranges import check_option
     from qatune.runtime import check_device
+    from qatune.tasks.base import write_result_file
 
     # every option before anything is read or written: NaN would reach metrics.json, 0 windows per batch
     # would run without a word
@@ -53,7 +54,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     if out is not None:
         for name, content in result.files.items():
             if name != "metrics.json":
-                write_json(out / name, content)
+                write_result_file(out / name, content)
         write_json(out / "metrics.json", metrics)
         rundir.record(out, "evaluation", [*(n for n in result.files if n != "metrics.json"), "metrics.json"])
     return metrics
