@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qatune.errors import ConfigError, DataError, ModelError
-from qatune.tasks.base import EvalResult, ExportSignature, ModelSpec, ReportColumn, ReportSpec
+from qatune.tasks.base import EvalResult, ExportSignature, ExtraInput, ModelSpec, ReportColumn, ReportSpec
 from qatune.tasks.classification.data import (
     ClassifyExample,
     ClassifyReport,
@@ -52,9 +52,13 @@ class ClassifyFeatures:
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
-    numeric: np.ndarray  # [n, numeric columns], NaN = missing
-    categorical: list[list[str | None]]
+    raw_numeric: np.ndarray  # [n, numeric columns], NaN = missing
+    raw_categorical: list[list[str | None]]
     labels: list[str | None]
+    # the model's tabular inputs (standardised values + missing flags, category ids) once the transform is
+    # known (a trained run); the exporter and the ONNX runner read them by these names (ExtraInput)
+    numeric: np.ndarray | None = None
+    categorical: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -70,8 +74,10 @@ class ClassifyFeatures:
     def subset(self, indices: Sequence[int]) -> ClassifyFeatures:
         idx = list(indices)
         types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
-        return ClassifyFeatures([self.input_ids[i] for i in idx], types, self.numeric[idx],
-                                [self.categorical[i] for i in idx], [self.labels[i] for i in idx])
+        return ClassifyFeatures([self.input_ids[i] for i in idx], types, self.raw_numeric[idx],
+                                [self.raw_categorical[i] for i in idx], [self.labels[i] for i in idx],
+                                None if self.numeric is None else self.numeric[idx],
+                                None if self.categorical is None else self.categorical[idx])
 
 
 @dataclass
@@ -116,17 +122,20 @@ class ClassificationTask:
                       "features": "tabular columns: a JSON object or NAME=VALUE,NAME=VALUE (missing numbers are "
                                   "imputed, unknown categories share one bucket)"}
 
+    route = "classify"
+
     def __init__(self, options: ClassifyOptions | None = None, state: dict[str, Any] | None = None,
                  run_dir: Path | None = None, trained: bool = False) -> None:
         self._options = options
         self.state = state
         self.run_dir = run_dir
         self.trained = trained
-        if options is not None and options.fusion == "concat" and (options.numeric_columns
-                                                                     or options.categorical_columns):
-            inputs = ["input_ids", "attention_mask", "token_type_ids"]
-            inputs += ["numeric"] * bool(options.numeric_columns) + ["categorical"] * bool(options.categorical_columns)
-            self.export_signature = ExportSignature(inputs=tuple(inputs), outputs=("logits",))
+        if options is not None and self.active_tabular:
+            extra = [ExtraInput("numeric", "float32", (2 * len(options.numeric_columns),))] * bool(
+                options.numeric_columns)
+            extra += [ExtraInput("categorical", "int64", (len(options.categorical_columns),))] * bool(
+                options.categorical_columns)
+            self.export_signature = ExportSignature(outputs=("logits",), extra_inputs=tuple(extra))
 
     # -- binding to a run's settings --------------------------------------------------------------------
     def bind(self, run_config: dict[str, Any], run_dir: str | Path | None = None) -> ClassificationTask:
@@ -232,8 +241,12 @@ class ClassificationTask:
         enc = tokenizer(texts, truncation=True, max_length=max_seq_length)
         types = [np.asarray(t, np.int64) for t in enc["token_type_ids"]] if "token_type_ids" in enc else None
         numeric = np.array([e.numeric for e in examples], dtype=np.float64).reshape(len(examples), -1)
-        return ClassifyFeatures([np.asarray(x, np.int64) for x in enc["input_ids"]], types, numeric,
-                                [list(e.categorical) for e in examples], [e.label for e in examples])
+        features = ClassifyFeatures([np.asarray(x, np.int64) for x in enc["input_ids"]], types, numeric,
+                                    [list(e.categorical) for e in examples], [e.label for e in examples])
+        if self.state is not None and self.active_tabular:  # a trained run: the model's inputs now
+            features.numeric, features.categorical = tabular_arrays(numeric, features.raw_categorical, self.state,
+                                                                    opts)
+        return features
 
     def wrap(self, model: Any) -> Any:
         """The encoder + the task's head; a trained run's head weights load from its folder."""
@@ -245,12 +258,13 @@ class ClassificationTask:
                                        [len(v) for v in state["vocab"]] if concat else [], opts.pooling,
                                        opts.head_dropout)
         if self.trained:
-            if self.run_dir is None:
+            run_dir = self.run_dir or getattr(model, "qatune_run_dir", None)  # set by the inference loader
+            if run_dir is None:
                 raise ModelError("a trained classification run's head weights live in its run dir; this code path "
                                  "did not pass the run dir to the task (load it with qatune.load(RUN))")
-            path = self.run_dir / HEAD_FILE
+            path = Path(run_dir) / HEAD_FILE
             if not path.is_file():
-                raise ModelError(f"run directory {self.run_dir} is incomplete: {HEAD_FILE} is missing (deleted or "
+                raise ModelError(f"run directory {run_dir} is incomplete: {HEAD_FILE} is missing (deleted or "
                                  "not copied); restore it, or retrain")
             from safetensors.torch import load_file
 
@@ -282,8 +296,11 @@ class ClassificationTask:
         arrays = pad_windows(features, indices, pad_token_id, input_names=text_names)
         if self.active_tabular:
             idx = list(indices)
-            num, cat = tabular_arrays(features.numeric[idx], [features.categorical[i] for i in idx], self._state(),
-                                      self.options)
+            if features.numeric is not None and features.categorical is not None:
+                num, cat = features.numeric[idx], features.categorical[idx]
+            else:  # training: the transform was fitted after the features were made
+                num, cat = tabular_arrays(features.raw_numeric[idx], [features.raw_categorical[i] for i in idx],
+                                          self._state(), self.options)
             if self.options.numeric_columns:
                 arrays["numeric"] = num
             if self.options.categorical_columns:
