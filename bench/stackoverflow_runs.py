@@ -81,7 +81,7 @@ def table() -> None:
         if not done:
             continue
 
-        def stat(key: str, src: int = 2, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+        def stat(key: str, src: int = 2, scale: float = 1.0, fmt: str = "{:.2f}", done: list = done) -> str:
             values = [d[src][key] * scale for d in done if d[src].get(key) is not None]
             if not values:
                 return ""

@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, cli
 
 import qatune
 from qatune.errors import ConfigError, DataError, ModelError
 from qatune.methods import registry
 from qatune.tasks import get_task
-
-from conftest import assert_clean_error, cli
 
 WORDS = "the a cat dog sat ran on under blue green house tree river stone quick slow".split()
 KEYWORD = {"open": "python", "off topic": "recipe", "not constructive": "best"}

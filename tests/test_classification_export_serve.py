@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-import qatune
 from conftest import assert_clean_error, cli
 from test_classification import rows, section, write_csv
+
+import qatune
 
 pytest.importorskip("onnxruntime")
 
