@@ -105,3 +105,15 @@ def test_predict_flags_take_the_cli_feature_form(run: Path, capsys: Any, tmp_pat
     assert rc == 0, err
     labels = [json.loads(line)["label"] for line in out.splitlines() if line.strip()]
     assert len(labels) == len(ITEMS)
+
+
+def test_evaluate_cli_scores_the_test_split(run: Path, capsys: Any, tmp_path: Path) -> None:
+    rc, out, err = cli(capsys, "evaluate", run / "run", "--data", run / "data.csv", "--split", "test",
+                       "--output", tmp_path / "ev", "--no-progress")
+    assert rc == 0, err
+    metrics = json.loads(out)
+    assert metrics["eval_examples"] == 24 and "test split" in err  # PostId % 10 == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    rc, _, err = cli(capsys, "evaluate", run / "run", "--data", run / "data.csv", "--split", "holdout")
+    assert_clean_error(rc, err, "split 'holdout': the classify task has train, validation and test splits")
