@@ -177,7 +177,8 @@ def test_each_fusion_feeds_the_columns_its_way(fusion: str, tiny_model_dir: Path
     task, module = predictor.task, predictor.runner.span_model
     width = module.classifier.in_features
     assert width == (32 + 2 * 4 + 4 if fusion == "concat" else 32)  # pooled text [+ 4 numbers, 4 flags, Tag1: 4]
-    assert ("numeric" in task.export_signature.inputs) == (fusion == "concat")
+    assert [e.name for e in task.export_signature.extra_inputs] == (["numeric", "categorical"] if fusion == "concat"
+                                                                    else [])
     example = task.parse_request({"text": "blue house", "features": "Rep=5,Tag1=go"}, "r")
     features = task.features([example], predictor.tokenizer, None, 64, training=False)
     decoded = predictor.tokenizer.decode(features.input_ids[0])
