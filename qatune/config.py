@@ -52,6 +52,7 @@ class TrainConfig:
     attention_dropout: float | None = 0.0  # 0 lets SDPA use its fused kernel; None keeps the model's value
     group_by_length: bool = True
     do_eval: bool = True
+    keep_best: bool = False  # the run keeps the weights of the epoch with the lowest validation loss
     save_steps: int = 0  # 0: checkpoint at each epoch end only
     stop_after_steps: int | None = None  # stop resumably after N optimizer steps (job time slots)
     resume: bool = False

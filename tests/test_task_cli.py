@@ -213,7 +213,8 @@ def test_request_flags_come_from_every_registered_task(tasks: None) -> None:
 
     flags = request_flags()
     assert flags["question"] == ["extractive_qa"] and flags["context"] == ["extractive_qa"]
-    assert flags["text"] == ["has_digit", "share", "digits_zero"]  # one shared flag
+    assert flags["text"] == ["classification", "has_digit", "share", "digits_zero"]  # one shared flag
+    assert flags["features"] == ["classification"]
     assert get_task("share").request_fields == {"text": "the text"}
 
 

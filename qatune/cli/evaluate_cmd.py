@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="new or empty directory (or an earlier evaluation) for predictions.json and "
                    "metrics.json; not the run itself, whose metrics.json holds the training metrics (use RUN/eval)")
     p.add_argument("--null-threshold", type=float, default=None, help="v2 threshold (default: tuned here)")
+    p.add_argument("--split", default="validation", help="the data's split, where the task's data has a split rule "
+                   "(classification: train, validation, test; default validation)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default="auto")
@@ -36,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run, args.data, max_eval_samples=args.max_eval_samples, output=args.output,
                            null_threshold=args.null_threshold, batch_size=args.batch_size, device=args.device,
                            precision=args.precision, progress=not args.no_progress, task=args.task,
-                           backend=args.backend)
+                           backend=args.backend, split=args.split)
     print_json(metrics)
     return 0

@@ -34,6 +34,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     from qatune.ranges import check_option
     from qatune.runtime import check_device
     from qatune.tasks import canonical_task_name, get_task
+    from qatune.tasks.base import write_result_file
 
     # every option before anything is read or written: NaN would reach metrics.json, 0 windows per batch
     # would run without a word
@@ -86,7 +87,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     if out is not None:
         for name, content in files.items():
             if name != "metrics.json":
-                write_json(out / name, content, strict=True)
+                write_result_file(out / name, content)
         write_json(out / "metrics.json", metrics, strict=True)
         rundir.record(out, "evaluation", [*(n for n in result.files if n != "metrics.json"), "metrics.json"])
     return metrics

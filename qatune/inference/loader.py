@@ -58,8 +58,11 @@ RUNNER_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., tuple[Runner, A
 ]
 
 
-def task_of(run_cfg: dict[str, Any]) -> Task:
-    return get_task(str(run_cfg.get("task") or "extractive_qa"))
+def task_of(run_cfg: dict[str, Any], run_dir: str | os.PathLike | None = None) -> Task:
+    """The run's task, bound to its settings (and, given ``run_dir``, to the task's own files there)."""
+    from qatune.tasks.base import bind_task
+
+    return bind_task(get_task(str(run_cfg.get("task") or "extractive_qa")), run_cfg, run_dir)
 
 
 def run_task(run_dir: str | os.PathLike) -> Task:
@@ -116,7 +119,7 @@ def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dro
 
     path = Path(run_dir)
     run_cfg = read_run_config(path)
-    task = task_of(run_cfg)
+    task = task_of(run_cfg, path)
     try:
         method = registry.get(str(run_cfg.get("method", "full")))
         backend = get_backend(str(run_cfg.get("backend") or "hf"))
@@ -124,6 +127,7 @@ def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dro
         raise ModelError(f"{path}: {exc}") from None
     model, tokenizer = backend.load_run(path, run_cfg, task.model, method, merge=merge,
                                         attention_dropout=attention_dropout)
+    model.qatune_run_dir = str(path)  # where a task's own files are (e.g. a classifier head), for task.wrap
     return model, tokenizer, run_cfg
 
 
@@ -146,12 +150,12 @@ def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str
     for applies, factory in RUNNER_LOADERS:
         if applies(run_dir):
             runner, tokenizer, run_cfg = factory(run_dir, device=device, precision=precision)
-            return task_of(run_cfg).predictor(runner, tokenizer, run_cfg, **options)
+            return task_of(run_cfg, run_dir).predictor(runner, tokenizer, run_cfg, **options)
     if precision not in PRECISIONS:
         raise ConfigError(f"option 'precision' (--precision): {precision!r} is not a precision a PyTorch run "
                           f"runs in; use {', '.join(PRECISIONS)}")
     model, tokenizer, run_cfg = load_run_model(run_dir, merge=merge)
-    task = task_of(run_cfg)
+    task = task_of(run_cfg, run_dir)
     runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True, task=task)  # the model is ours alone
     return task.predictor(runner, tokenizer, run_cfg, **options)
 

@@ -203,7 +203,10 @@ def load_onnx_export(path: str | os.PathLike, device: str = "auto", precision: s
     spec = get_task(str(run_cfg.get("task") or "extractive_qa")).model
     tokenizer = get_backend(str(run_cfg.get("backend") or "hf")).load_tokenizer(str(path), spec)
     quantization = str(read_export_info(path).get("quantization", "none"))
-    extras = [e.name for e in get_task(str(run_cfg.get("task") or "extractive_qa")).export_signature.extra_inputs]
+    from qatune.tasks.base import bind_task
+
+    task = bind_task(get_task(str(run_cfg.get("task") or "extractive_qa")), run_cfg)  # extra inputs follow its options
+    extras = [e.name for e in task.export_signature.extra_inputs]
     runner = OnnxRunner(path / MODEL_FILE, pad_token_id=tokenizer.pad_token_id or 0, providers=providers,
                         device=device, precision=precision, quantization=quantization, threads=threads,
                         extra_inputs=extras)

@@ -40,6 +40,15 @@ def _extractive_qa() -> Task:
 _tasks.register("extractive_qa", _extractive_qa, aliases=("qa",))
 
 
+def _classification() -> Task:
+    from qatune.tasks.classification import ClassificationTask
+
+    return ClassificationTask()
+
+
+_tasks.register("classification", _classification, aliases=("classify",))
+
+
 def register_task(name: str, factory: Callable[[], Any], aliases: tuple[str, ...] = (), replace: bool = False) -> None:
     """Register a task under ``name`` (what ``task:`` in a config names); ``factory()`` builds it."""
     _tasks.register(name, factory, aliases, replace=replace)

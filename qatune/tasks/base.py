@@ -237,6 +237,38 @@ class Task(Protocol):
         """A prediction as JSON-able data for predict/serve."""
 
 
+def bind_task(task: Task, run_config: dict[str, Any], run_dir: Any = None) -> Task:
+    """The task as a run's (or a training config's) settings configure it. A task whose reading or model
+    depends on its options or on state fitted to the training data (classification: columns, label names,
+    standardisation; a trained run's head weights in ``run_dir``) implements ``bind(run_config, run_dir)``
+    and returns a configured copy; other tasks are returned as they are."""
+    bind = getattr(task, "bind", None)
+    return bind(run_config, run_dir) if callable(bind) else task
+
+
+def save_task_state(task: Task, module: Any, out: Any) -> list[str]:
+    """Files a task keeps of its own in a run dir (e.g. a head that is not the backend's), written beside the
+    backend's; the names go into the run's manifest. Optional: tasks without ``save_state`` write none."""
+    save = getattr(task, "save_state", None)
+    return list(save(module, out)) if callable(save) else []
+
+
+def write_result_file(path: Any, content: Any) -> None:
+    """One of ``EvalResult.files``: bytes (a plot) as they are, anything else as strict JSON; both atomic."""
+    import os
+    from pathlib import Path
+
+    from qatune.core.jsonio import write_json
+
+    if not isinstance(content, (bytes, bytearray)):
+        write_json(path, content, strict=True)
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(bytes(content))
+    os.replace(tmp, target)
+
+
 def task_route(task: Task) -> str:
     """The task's serve route (``Task.route``; a task without one is served under its name)."""
     return str(getattr(task, "route", None) or task.name)

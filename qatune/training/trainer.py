@@ -31,6 +31,7 @@ from qatune.core.jsonio import finite_or_null
 from qatune.errors import ConfigError, QatuneError
 from qatune.methods import registry
 from qatune.tasks import get_task
+from qatune.tasks.base import bind_task, save_task_state, write_result_file
 from qatune.training.checkpoint import (
     CheckpointError,
     TrainerState,
@@ -118,7 +119,7 @@ RUN_FILES = ("qatune.yaml", "metrics.json", "history.json")
 RESUME_FREE_KEYS = frozenset({
     "eval", "max_eval_samples", "eval_batch_size", "do_eval", "save_steps", "stop_after_steps", "resume",
     "overwrite", "tracking", "tracking_uri", "register_model", "experiment", "run_name", "cache_dir", "num_threads",
-    "device", "debug", "output",
+    "device", "debug", "keep_best", "output",
 })
 # fingerprinted as resolved; the task's section without its evaluation-only options (QA: n_best, ...)
 _RESOLVED_KEYS = frozenset({"learning_rate", "method_options", "model", "train", "task_options"})
@@ -227,7 +228,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
     world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
     is_main = rank == 0
 
-    task = get_task(cfg.task)
+    task = bind_task(get_task(cfg.task), config_to_dict(cfg))  # a task configured by its options section
     backend = get_backend(cfg.backend)
     backend_options = cfg.backend_config()
     task_options = cfg.task_config()
@@ -261,6 +262,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                                           training=True, cache_dir=cfg.cache_dir, progress=show)
         model = backend.load_base(cfg.model, task.model, backend_options, attention_dropout=cfg.attention_dropout)
     task_options = task.prepare(task_options, train_report, eval_report)
+    task = bind_task(task, {**config_to_dict(cfg), **task.record(task_options)})  # + what it fitted to the data
     # every input is loaded and valid: only now create the folder or remove the previous run's files
     _on_main_then_all(lambda: _prepare_output(cfg, out, base_model, fingerprint))
 
@@ -313,6 +315,7 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
 
     status = "finished"
     last_eval = None
+    best = _BestEpoch(span_model) if cfg.keep_best and evaluating else None
     bar = tqdm(total=total_steps, initial=state.global_step, desc="training", unit="step", disable=not show)
     try:
         for epoch in range(state.epoch, cfg.epochs):
@@ -375,6 +378,8 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
                 last_eval = task.evaluate(span_model, tokenizer, eval_examples, eval_features, task_options,
                                           **eval_kwargs)
                 record.update({k: v for k, v in last_eval.metrics.items() if isinstance(v, (int, float))})
+                if best is not None:
+                    best.offer(epoch + 1, last_eval)
             record["steps"] = steps  # per-step curve last: the epoch's summary keys come first in history.json
             record = runtime.broadcast_object(record)  # every rank keeps the same history
             _log("epoch {epoch}: train loss {train_loss:.4f}".format(**record) + "".join(
@@ -408,10 +413,14 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         return TrainResult(out, {"global_step": state.global_step}, state.history, status)
 
     if is_main:
+        if best is not None:
+            last_eval = best.restore(last_eval, len(state.history))
         try:
+            task_files = save_task_state(task, span_model, out)
             record = {**task.record(task_options), **(last_eval.record if last_eval is not None else {})}
             metrics = _save_run(cfg, out, backend, model, tokenizer, state, last_eval, method, lr, precision,
-                                trainable, total, len(train_examples), len(train_features), record, base_model)
+                                trainable, total, len(train_examples), len(train_features), record, base_model,
+                                task_files, best.epoch if best is not None else None)
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"})
             tracker.log_artifacts([out / RUN_CONFIG, out / "metrics.json", out / "history.json", out / "README.md"])
             if tracker.enabled:  # the weights go in as an MLflow Model (pyfunc) that MLflow and qatune load
@@ -441,6 +450,35 @@ def _step_point(state: TrainerState, loss: float, lr: float) -> dict[str, Any]:
         (h["steps"][-1] for h in reversed(state.history) if h.get("steps")), None)
     ema = loss if previous is None else LOSS_EMA_BETA * float(previous["loss_ema"]) + (1 - LOSS_EMA_BETA) * loss
     return {"step": state.global_step, "loss": loss, "loss_ema": ema, "learning_rate": lr}
+
+
+class _BestEpoch:
+    """``keep_best``: the trainable weights of the epoch with the lowest validation loss, kept in memory and put
+    back before the run is saved (with that epoch's evaluation). A resumed run tracks from where it resumed."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.loss = math.inf
+        self.epoch: int | None = None
+        self.eval: Any = None
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def offer(self, epoch: int, result: Any) -> None:
+        loss = result.metrics.get("eval_loss")
+        if loss is None or not loss < self.loss:
+            return
+        self.loss, self.epoch, self.eval = float(loss), epoch, result
+        self.weights = {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def restore(self, last_eval: Any, last_epoch: int) -> Any:
+        if self.epoch is None or self.epoch == last_epoch:
+            return last_eval
+        with torch.no_grad():
+            params = dict(self.module.named_parameters())
+            for name, value in self.weights.items():
+                params[name].copy_(value)
+        _log(f"keep_best: the run keeps epoch {self.epoch} (lowest validation loss {self.loss:.4f})")
+        return self.eval
 
 
 class _Stop(Exception):
@@ -541,7 +579,8 @@ def _restore_rank_rng(out: Path) -> None:
 
 def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: Any, state: TrainerState,
               last_eval: Any, method: Any, lr: float, precision: str, trainable: int, total: int, n_questions: int,
-              n_features: int, record: dict[str, Any], base_model: str) -> dict[str, Any]:
+              n_features: int, record: dict[str, Any], base_model: str, task_files: list[str] | None = None,
+              best_epoch: int | None = None) -> dict[str, Any]:
     """The backend's model files, ``qatune.yaml`` (config + what inference needs), metrics, history, the
     task's evaluation files and the manifest of everything written."""
     before = set(os.listdir(out))
@@ -566,6 +605,8 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
         "trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total,
         "peak_rss_mb": round(peak_rss_mb(), 1), "world_size": runtime.world_size(),
     })
+    if best_epoch is not None:
+        metrics["best_epoch"] = best_epoch
     if torch.cuda.is_available():
         metrics["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # a diverged run (NaN/Infinity loss or scores) is written as strict JSON: null in place of each such
@@ -586,11 +627,11 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
     write_json(out / "metrics.json", metrics, strict=True)
     write_json(out / "history.json", state.history, strict=True)
     for name, data in files.items():
-        write_json(out / name, data, strict=True)
+        write_result_file(out / name, data)  # bytes (a plot) as they are, the rest as strict JSON
     from qatune.training.model_card import MODEL_CARD, write_model_card
 
     write_model_card(out)  # replaces PEFT's stub README.md: from the files just written
     # the manifest: exactly what this run wrote, so --overwrite later removes these and nothing else
-    written = {*RUN_FILES, MODEL_CARD, *(last_eval.files if last_eval is not None else ())}
+    written = {*RUN_FILES, MODEL_CARD, *(last_eval.files if last_eval is not None else ()), *(task_files or ())}
     rundir.record(out, "run", (set(os.listdir(out)) - before) | {n for n in written if (out / n).exists()})
     return metrics

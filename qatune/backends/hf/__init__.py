@@ -20,6 +20,7 @@ HEADS: dict[str, tuple[str, str]] = {
     "sequence_classification": ("AutoModelForSequenceClassification", "SEQ_CLS"),
     "token_classification": ("AutoModelForTokenClassification", "TOKEN_CLS"),
     "causal_lm": ("AutoModelForCausalLM", "CAUSAL_LM"),
+    "feature_extraction": ("AutoModel", "FEATURE_EXTRACTION"),  # an encoder for a task-owned head
 }
 
 
