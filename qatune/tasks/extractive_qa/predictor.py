@@ -16,12 +16,12 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from qatune.data.squad.squad_types import QAExample
 from qatune.errors import DataError
 from qatune.ranges import Range, check_option
 from qatune.tasks.base import BATCH_SIZE, EvalResult, Runner
 from qatune.tasks.extractive_qa.features import build_features
 from qatune.tasks.extractive_qa.postprocess import Decoded, decode, no_answer_probability
-from qatune.tasks.extractive_qa.types import QAExample
 
 # keyword options of the QA predictor, checked before any work (the CLI flags share the names); batch_size
 # is every predictor's (qatune.inference.loader.BATCH_SIZE)

@@ -1,4 +1,4 @@
-"""The in-memory record every task reader produces for extractive QA."""
+"""The in-memory SQuAD record (question, context, gold answers) the QA tasks read and score."""
 
 from __future__ import annotations
 
