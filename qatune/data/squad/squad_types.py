@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from qatune.errors import DataError
 
 
 @dataclass
@@ -49,3 +52,32 @@ class LoadReport:
         if self.notes:  # which ids were repaired/dropped, and anything else the loader decided
             text += ". Details: " + "; ".join(self.notes)
         return text
+
+
+# -- the predict/serve schema both QA tasks answer with (request: question + context; response: Answer) --
+
+@dataclass
+class Answer:
+    text: str
+    score: float  # probability among the n-best spans (or of no-answer)
+    start: int  # character offsets in the context; -1 for no answer
+    end: int
+    no_answer: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_request(payload: Any, where: str) -> tuple[str, str]:
+    """``{"question": ..., "context": ...}`` (or a (question, context) pair) -> the pair; DataError naming ``where``."""
+    if isinstance(payload, dict):
+        question, context = payload.get("question"), payload.get("context")
+    elif isinstance(payload, (tuple, list)) and len(payload) == 2:
+        question, context = payload
+    else:
+        raise DataError(f"{where}: expected a (question, context) pair, got {type(payload).__name__}")
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: 'question' must be a non-empty string")
+    if not isinstance(context, str) or not context.strip():
+        raise DataError(f"{where}: 'context' must be a non-empty string")
+    return question, context

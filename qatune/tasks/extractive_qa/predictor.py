@@ -13,10 +13,9 @@ post-processing as the PyTorch one.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from qatune.data.squad.squad_types import QAExample
+from qatune.data.squad.squad_types import Answer, QAExample, parse_request  # noqa: F401 - Answer: API
 from qatune.errors import DataError
 from qatune.ranges import Range, check_option
 from qatune.tasks.base import BATCH_SIZE, EvalResult, Runner
@@ -55,33 +54,6 @@ def check_run_config(cfg: dict[str, Any]) -> None:
     stride = Range(0, max_doc_stride(int(values["max_seq_length"] or 384)), why="tokens shared by neighbouring windows")
     check_option("doc_stride", values["doc_stride"], stride, integer=True, label=label("doc_stride"))
     check_option("null_threshold", cfg.get("null_threshold"), NULL_THRESHOLD, label=label("null_threshold"))
-
-
-@dataclass
-class Answer:
-    text: str
-    score: float  # probability among the n-best spans (or of no-answer)
-    start: int  # character offsets in the context; -1 for no answer
-    end: int
-    no_answer: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_request(payload: Any, where: str) -> tuple[str, str]:
-    """``{"question": ..., "context": ...}`` (or a (question, context) pair) -> the pair; DataError naming ``where``."""
-    if isinstance(payload, dict):
-        question, context = payload.get("question"), payload.get("context")
-    elif isinstance(payload, (tuple, list)) and len(payload) == 2:
-        question, context = payload
-    else:
-        raise DataError(f"{where}: expected a (question, context) pair, got {type(payload).__name__}")
-    if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: 'question' must be a non-empty string")
-    if not isinstance(context, str) or not context.strip():
-        raise DataError(f"{where}: 'context' must be a non-empty string")
-    return question, context
 
 
 class QAPipeline:
