@@ -318,10 +318,39 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """YAML file (optional) < ``base`` (CLI flags) < dotted overrides."""
     raw: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     for key, value in (base or {}).items():
-        if value is not None:
+        if isinstance(value, dict) and value:  # a section's flags (--doc-stride -> qa:): merged, and they win
+            given = raw.get(key)
+            section = dict(given) if isinstance(given, dict) else {}
+            for name in value:
+                raw.pop(name, None)  # the file's flat spelling of the same option (doc_stride: 128)
+                section.pop(name.replace("_", "-"), None)
+            raw[key] = {**section, **value}
+        elif value is not None:
             raw[key] = value
     raw = apply_overrides(raw, overrides or [])
+    _flat_overrides_win(raw, overrides or [])
     return config_from_dict(raw, source=str(path) if path else "config")
+
+
+def _flat_overrides_win(raw: dict[str, Any], overrides: list[str]) -> None:
+    """A flat ``key=value`` override of a task/backend option (``doc_stride=64``) wins over the file's
+    section (``qa: {doc_stride: 128}``), as it did over the file's flat key before sections existed."""
+    from qatune.backends import get_backend
+    from qatune.tasks import get_task
+
+    flat = {item.split("=", 1)[0].strip().lstrip("-").replace("-", "_") for item in overrides if "=" in item}
+    flat = {key for key in flat if "." not in key and key in raw}
+    if not flat:
+        return
+    try:
+        sections = (get_task(str(raw.get("task") or TrainConfig.task)).section,
+                    get_backend(str(raw.get("backend") or TrainConfig.backend)).name)
+    except ConfigError:
+        return  # config_from_dict names the unknown task or backend
+    for name in sections:
+        section = raw.get(name)
+        if isinstance(section, dict):
+            raw[name] = {k: v for k, v in section.items() if str(k).replace("-", "_") not in flat}
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

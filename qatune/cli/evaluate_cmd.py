@@ -1,4 +1,8 @@
-"""``qatune evaluate RUN --data FILE``: official EM/F1 plus predictions.json / metrics.json / na_probs.json."""
+"""``qatune evaluate RUN --data FILE``: the run's task's metrics (extractive QA: official EM/F1) plus its files
+(predictions.json, na_probs.json) and metrics.json.
+
+``qatune evaluate MODEL --task NAME --data FILE`` evaluates a base model that is not a run (zero-shot), for a
+task that supports it (``Task.zero_shot``); other tasks refuse, saying to train first."""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ from qatune.cli.common import add_debug, print_json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run", description=__doc__)
-    p.add_argument("run", help="run directory written by `qatune train`")
-    p.add_argument("--data", required=True, help="SQuAD-format evaluation data")
+    p.add_argument("run", metavar="RUN", help="run directory written by `qatune train` (or, with --task, a base "
+                   "model alias/folder for a zero-shot task)")
+    p.add_argument("--data", required=True, help="labelled evaluation data in a format the task reads")
+    p.add_argument("--task", default=None, help="the task: checked against a run's; required for a base model")
+    p.add_argument("--backend", default="hf", help="backend that loads a base model (zero-shot; default hf)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="the first N questions")
     p.add_argument("--output", default=None, help="new or empty directory (or an earlier evaluation) for predictions.json and "
                    "metrics.json; not the run itself, whose metrics.json holds the training metrics (use RUN/eval)")
@@ -28,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(args.run, args.data, max_eval_samples=args.max_eval_samples, output=args.output,
                            null_threshold=args.null_threshold, batch_size=args.batch_size, device=args.device,
-                           precision=args.precision, progress=not args.no_progress)
+                           precision=args.precision, progress=not args.no_progress, task=args.task,
+                           backend=args.backend)
     print_json(metrics)
     return 0

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(pipeline, settings, run_dir=args.run)
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"qatune: serving {args.run} on http://{host}:{args.port}/ (API: POST /v1/answer, docs: /docs); "
+    print(f"qatune: serving {args.run} on http://{host}:{args.port}/ (API: POST {app.state.route}, docs: /docs); "
           "Ctrl+C to stop", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
                 timeout_graceful_shutdown=args.graceful_timeout)

@@ -49,6 +49,12 @@ def pad_windows(features: Windows, indices: Sequence[int], pad_token_id: int, mu
     if types is not None:
         arrays["token_type_ids"] = types
     if input_names is not None:
+        for name in input_names:  # a task's extra input (tabular features): one row per window, stacked
+            if name not in arrays:
+                rows = getattr(features, name, None)
+                if rows is None:
+                    raise ValueError(f"the model takes an input '{name}' that these features do not carry")
+                arrays[name] = np.stack([np.asarray(rows[i]) for i in indices])
         return {name: arrays[name] for name in input_names}
     return arrays
 

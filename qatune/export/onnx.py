@@ -5,9 +5,11 @@
 1. load the run with LoRA / LoHa / IA3 adapters merged into the base weights (full runs as they are),
    (by the run's backend) switch attention to the *eager* implementation (ORT's BERT fusion recognises eager attention as
    ``Attention``; an SDPA trace is left unfused and runs ~2x slower once quantized);
-2. trace it with ``torch.onnx.export`` (TorchScript exporter, opset >= 17) with dynamic ``batch`` and
-   ``sequence`` axes: inputs ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the model uses
-   segments), outputs as the task's export signature names them (QA: ``start_logits``, ``end_logits``);
+2. trace it with ``torch.onnx.export`` (TorchScript exporter, opset >= 17) on the task's export signature:
+   inputs ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the model uses segments) with dynamic
+   ``batch`` and ``sequence`` axes, then the task's extra inputs (``ExtraInput``: e.g. tabular features,
+   dynamic ``batch``), outputs named and shaped as the signature says (QA: ``start_logits``, ``end_logits``
+   ``[batch, sequence]``; a classifier's ``logits`` ``[batch, labels]``);
 3. run ONNX Runtime's transformer optimizer (EmbedLayerNormalization, Attention, SkipLayerNormalization,
    BiasGelu fusion) and keep the optimized graph;
 4. optionally quantize: ``int8`` (dynamic, weights per tensor or ``per_channel``), ``int8-static``
@@ -135,7 +137,7 @@ def compare(onnx_path: str | os.PathLike, ref: Reference, quantization: str = "n
     agree_min = DEFAULT_MIN_AGREEMENT[quantization] if min_agreement is None else float(min_agreement)
     precision = {"none": "fp32", "int8": "fp32", "int8-static": "int8", "fp16": "fp16"}[quantization]
     runner = OnnxRunner(onnx_path, pad_token_id=pad_token_id, providers=providers or "cpu", precision=precision,
-                        quantization=quantization)
+                        quantization=quantization, extra_inputs=[e.name for e in ref.task.export_signature.extra_inputs])
     outputs = tuple(runner(ref.features, batch_size=4))
     ours_flat = [a for out in outputs for a in out]
     ref_flat = [a for out in ref.outputs for a in out]
@@ -286,14 +288,22 @@ def _trace(model: Any, ref: Reference, path: Path, opset: int, input_names: list
     import torch
 
     task = ref.task
-    output_names = list(task.export_signature.outputs)
+    signature = task.export_signature
+    output_names = list(signature.outputs)
     wrapper = task.wrap(model).eval()
     indices = list(range(min(2, len(ref.features))))
-    feeds = pad_windows(ref.features, indices, pad_token_id, input_names=input_names)
-    args = tuple(torch.from_numpy(feeds[name]) for name in input_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, *output_names]}
-    kwargs: dict[str, Any] = {"input_names": input_names, "output_names": output_names,
-                              "dynamic_axes": axes, "opset_version": opset, "do_constant_folding": True}
+    extras = {e.name: e for e in signature.extra_inputs}
+    names = [*input_names, *extras]  # the token windows, then the task's extra inputs
+    feeds = pad_windows(ref.features, indices, pad_token_id, input_names=names)
+    tensors = {name: torch.from_numpy(np.asarray(feeds[name], dtype=extras[name].dtype if name in extras else np.int64))
+               for name in names}
+    # the token inputs positionally (as the wrapper's forward lists them), the extra ones as keywords
+    kwargs: dict[str, Any] = {"input_names": names, "output_names": output_names,
+                              "dynamic_axes": signature.dynamic_axes(names), "opset_version": opset,
+                              "do_constant_folding": True}
+    args: tuple[Any, ...] = tuple(tensors[name] for name in input_names)
+    if extras:
+        args = (*args, {name: tensors[name] for name in extras})
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript exporter: its graphs are what ORT's BERT fusion matches
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -320,7 +330,11 @@ def _calibration_feeds(source: str, samples: int, tokenizer: Any, run_cfg: dict[
     if not examples:
         raise ConfigError(f"calibration data {source} has no questions")
     features = task_features(task, examples, tokenizer, run_cfg)
-    return [pad_windows(features, [i], pad_token_id, multiple=1, input_names=input_names) for i in range(len(features))]
+    extras = {e.name: e.dtype for e in task.export_signature.extra_inputs}
+    names = [*input_names, *extras]
+    return [{name: np.asarray(value, dtype=extras.get(name, np.int64)) for name, value in
+             pad_windows(features, [i], pad_token_id, multiple=1, input_names=names).items()}
+            for i in range(len(features))]
 
 
 @contextlib.contextmanager
@@ -521,7 +535,9 @@ def _export_into(run_path: Path, tmp: Path, run_cfg: dict[str, Any], method: Any
         "model": run_cfg.get("model"), "quantization": quantize, "per_channel": per_channel,
         "calibration": {"data": str(calib_source), "samples": calibration_samples} if calib_source else None,
         "optimized": optimize, "fused_operators": fused, "opset": opset, "inputs": input_names,
-        "outputs": list(task_of(run_cfg).export_signature.outputs), "dynamic_axes": ["batch", "sequence"], "attention": "eager",
+        "extra_inputs": [e.name for e in task_of(run_cfg).export_signature.extra_inputs],
+        "outputs": list(task_of(run_cfg).export_signature.outputs),
+        "dynamic_axes": task_of(run_cfg).export_signature.dynamic_axes(input_names), "attention": "eager",
         "size_mb": _size_mb(tmp / MODEL_FILE), "parity": parity,
         "versions": {"qatune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "onnxruntime": onnxruntime.__version__},

@@ -62,6 +62,53 @@ def task_of(run_cfg: dict[str, Any]) -> Task:
     return get_task(str(run_cfg.get("task") or "extractive_qa"))
 
 
+def run_task(run_dir: str | os.PathLike) -> Task:
+    """The task of a run (or export) directory, from its ``qatune.yaml`` (ModelError when it is no run)."""
+    return task_of(read_run_config(run_dir))
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run or export directory (what ``qatune train``/``export`` wrote)."""
+    from qatune.artifacts import RUN_CONFIG
+
+    return (Path(path) / RUN_CONFIG).is_file()
+
+
+def load_base_predictor(model: str, task_name: str, backend: str = "hf", device: str = "auto",
+                        precision: str = "auto", max_seq_length: int = 384, **options: Any) -> Predictor:
+    """A predictor over a base model as it is (no trained run): only for a task that declares
+    ``zero_shot`` (a fresh, untrained head predicts nothing meaningful; the refusal says to train first)."""
+    import dataclasses
+
+    from qatune.runtime import check_device
+    from qatune.tasks.base import supports_zero_shot
+
+    check_device(device)
+    task = get_task(task_name)
+    if not supports_zero_shot(task):
+        raise ConfigError(f"task '{task.name}' has no zero-shot use: {model} is not a qatune run, and a base "
+                          f"model's fresh {task.model.head} head would predict at random. Train first "
+                          f"(qatune train --task {task.name} --model {model} ...) and pass the run directory")
+    options = {k: v for k, v in options.items() if v is not None}
+    task.check_options(options)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"option 'precision' (--precision): {precision!r} is not one of {', '.join(PRECISIONS)}")
+    try:
+        chosen = get_backend(backend)
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from None
+    path = chosen.resolve_model(model)
+    defaults = task.resolve_options({}, {"max_seq_length": max_seq_length}, "zero-shot")
+    run_cfg: dict[str, Any] = {"model": model, "base_model_path": str(path), "method": "none", "task": task.name,
+                               "backend": chosen.name, "max_seq_length": max_seq_length,
+                               task.section: dataclasses.asdict(defaults), "zero_shot": True}
+    backend_options = chosen.options_type()
+    tokenizer = chosen.load_tokenizer(path, task.model, backend_options)
+    base = chosen.load_base(path, task.model, backend_options, attention_dropout=0.0)
+    runner = TorchRunner(base, tokenizer, device, precision, bf16_weights=True, task=task)
+    return task.predictor(runner, tokenizer, run_cfg, **options)
+
+
 def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0
                    ) -> tuple[Any, Any, dict[str, Any]]:
     """``(model, tokenizer, run_config)`` from a run dir, by the run's backend; adapters merged when possible."""

@@ -107,13 +107,22 @@ def _provider_options(name: str, precision: str, quantization: str) -> dict[str,
     }
 
 
+# ONNX element types of the inputs a task may add (ExtraInput.dtype): feeds are cast to what the graph takes
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
 class OnnxRunner:
-    """The graph's outputs per window (QA: start/end logits): length-sorted batches, dynamic padding,
-    unpadded float32 out, one list per output in the graph's output order."""
+    """The graph's outputs per window, float32, one list per output in the graph's output order:
+    length-sorted batches, dynamic padding. An output whose second axis is the inputs' ``sequence`` axis
+    (QA's start/end logits) is unpadded to each window's length; any other (classification logits
+    ``[batch, labels]``) comes back as one row per window. ``extra_inputs`` names inputs a task adds besides
+    the token windows (:class:`qatune.tasks.base.ExtraInput`), read from the features."""
 
     def __init__(self, model_path: str | os.PathLike, pad_token_id: int = 0,
                  providers: str | Sequence[str] | None = None, device: str = "auto", precision: str = "auto",
-                 quantization: str = "none", threads: int | None = None) -> None:
+                 quantization: str = "none", threads: int | None = None,
+                 extra_inputs: Sequence[str] = ()) -> None:
         ort = import_onnxruntime()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -129,12 +138,19 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=provider_list)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for an unreadable/invalid graph
             raise ModelError(f"ONNX Runtime could not load {self.model_path}: {exc}") from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        unknown = set(self.input_names) - set(INPUT_NAMES)
+        known = (*INPUT_NAMES, *extra_inputs)
+        unknown = set(self.input_names) - set(known)
         if unknown:
             raise ModelError(f"{self.model_path}: unexpected model inputs {sorted(unknown)}; "
-                             f"qatune exports take {', '.join(INPUT_NAMES)}")
+                             f"this run's exports take {', '.join(known)}")
+        self.input_types = {i.name: _ORT_DTYPES.get(i.type, np.int64) for i in inputs}
+        sequence = next((i.shape[1] for i in inputs if i.name == "input_ids" and len(i.shape) > 1), "sequence")
+        # per-token outputs: their axis 1 is the inputs' (named, dynamic) sequence axis
+        self.per_token = [len(o.shape) > 1 and isinstance(o.shape[1], str) and o.shape[1] == sequence
+                          for o in self.session.get_outputs()]
         self.pad_token_id = pad_token_id
 
     @property
@@ -150,11 +166,12 @@ class OnnxRunner:
         batches = inference_batches(lengths, batch_size, on_cpu)
         for indices in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
             feeds = pad_windows(features, indices, self.pad_token_id, input_names=self.input_names)
+            feeds = {name: np.asarray(value, dtype=self.input_types[name]) for name, value in feeds.items()}
             results = self.session.run(self.output_names, feeds)
-            for out, result in zip(outputs, results, strict=True):
+            for out, result, per_token in zip(outputs, results, self.per_token, strict=True):
                 array = np.asarray(result, dtype=np.float32)
-                for row, i in enumerate(indices):  # per-token outputs lose their padding
-                    out[i] = array[row, : int(lengths[i])]
+                for row, i in enumerate(indices):  # per-token outputs lose their padding, rows stay rows
+                    out[i] = array[row, : int(lengths[i])] if per_token else array[row]
         return tuple(outputs)
 
 
@@ -186,6 +203,8 @@ def load_onnx_export(path: str | os.PathLike, device: str = "auto", precision: s
     spec = get_task(str(run_cfg.get("task") or "extractive_qa")).model
     tokenizer = get_backend(str(run_cfg.get("backend") or "hf")).load_tokenizer(str(path), spec)
     quantization = str(read_export_info(path).get("quantization", "none"))
+    extras = [e.name for e in get_task(str(run_cfg.get("task") or "extractive_qa")).export_signature.extra_inputs]
     runner = OnnxRunner(path / MODEL_FILE, pad_token_id=tokenizer.pad_token_id or 0, providers=providers,
-                        device=device, precision=precision, quantization=quantization, threads=threads)
+                        device=device, precision=precision, quantization=quantization, threads=threads,
+                        extra_inputs=extras)
     return runner, tokenizer, run_cfg

@@ -1,8 +1,14 @@
-"""The HTTP server: a FastAPI app over a :class:`~qatune.tasks.extractive_qa.predictor.QAPipeline`.
+"""The HTTP server: a FastAPI app over a run's predictor, at ``POST /v1/<route>`` of the run's task.
+
+A predictor with a window engine or ``answer_batch`` (extractive QA's ``QAPipeline``) answers the question
+schema below, scheduled per window. Any other task's predictor answers one request item (an object of the
+task's ``request_fields``) or ``{"items": [...]}``, each checked by ``Task.parse_request`` and answered with
+``Task.format_response`` (see :func:`parse_items_request`), scheduled per item with the same limits.
 
 Endpoints::
 
     POST /v1/answer   {"question": Q, "context": C, "top_k": 1}  or  {"questions": [{...}, ...], "top_k": 1}
+    POST /v1/<route>  another task: {field: value, ...}  or  {"items": [{...}, ...]}
     GET  /v1/model    model name, method, window settings, the run's metrics.json, limits, batcher stats
     GET  /healthz     liveness (503 while shutting down)
     GET  /            a web page: paste a context, ask, see the answer highlighted
@@ -38,7 +44,8 @@ from starlette.requests import ClientDisconnect
 
 from qatune import __version__
 from qatune.errors import QatuneError
-from qatune.serve.batcher import BatcherClosed, MicroBatcher, WorkTooLarge, pipeline_batch_fn
+from qatune.serve.batcher import BatcherClosed, ItemEngine, MicroBatcher, WorkTooLarge, pipeline_batch_fn, text_chars
+from qatune.tasks.base import task_route
 
 log = logging.getLogger("qatune.serve")
 
@@ -271,6 +278,74 @@ def _check_request_chars(pairs: list[tuple[str, str]], settings: ServeSettings, 
                        code="too_much_work")
 
 
+def _check_texts(value: Any, field: str, limit: int) -> None:
+    """Every string in a request item is valid Unicode and at most ``limit`` characters (413 naming it)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _check_texts(inner, f"{field}.{key}" if field else str(key), limit)
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            _check_texts(inner, f"{field}[{i}]", limit)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(422, f"field '{field}' has a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x}) at "
+                                f"character {exc.start}; send valid Unicode text", field=field,
+                           code="invalid_text") from None
+        if len(value) > limit:
+            raise ApiError(413, f"field '{field}' is {len(value):,} characters; this server accepts at most "
+                                f"{limit:,} (--max-context-chars)", field=field, code="too_long")
+
+
+def parse_items_request(data: Any, task: Any, settings: ServeSettings) -> tuple[list[Any], bool]:
+    """Validate a decoded body for a task without a question schema: one item object, or ``{"items": [...]}``.
+
+    Limits as for questions: at most ``max_questions`` items (413), every string at most ``max_context_chars``
+    and all of them together at most ``max_request_chars`` (413); each item through ``task.parse_request``
+    (its DataError -> 422 naming the item). Returns the items as sent (the predictor parses them again) and
+    whether the request was a single item."""
+    fields = ", ".join(task.request_fields) or "the task's fields"
+    if not isinstance(data, dict):
+        raise ApiError(422, f"the request body must be a JSON object: one item ({fields}) or {{\"items\": [...]}}, "
+                            f"got {_type_name(data)}", code="wrong_type")
+    if "items" in data and "items" not in task.request_fields:
+        if len(data) > 1:
+            raise ApiError(422, "give either one item's fields or an 'items' list, not both", field="items",
+                           code="ambiguous")
+        items = data["items"]
+        if not isinstance(items, list):
+            raise ApiError(422, f"field 'items' must be an array of objects ({fields}), got {_type_name(items)}",
+                           field="items", code="wrong_type")
+        if not items:
+            raise ApiError(422, "field 'items' is empty", field="items", code="empty_field")
+        if len(items) > settings.max_questions:
+            raise ApiError(413, f"field 'items' has {len(items)} items; this server accepts at most "
+                                f"{settings.max_questions} per request (--max-questions)", field="items",
+                           code="too_many")
+        named = [(f"items[{i}]", item) for i, item in enumerate(items)]
+        single = False
+    else:
+        named, single = [("", data)], True
+    for name, item in named:
+        if not isinstance(item, dict):
+            raise ApiError(422, f"field '{name}' must be an object ({fields}), got {_type_name(item)}", field=name,
+                           code="wrong_type")
+        _check_texts(item, name, settings.max_context_chars)
+    total = sum(text_chars(item) for _, item in named)
+    if total > settings.max_request_chars:
+        raise ApiError(413, f"the texts of this request are {total:,} characters in all; this server accepts at "
+                            f"most {settings.max_request_chars:,} per request (--max-request-chars); send fewer or "
+                            "shorter items, or split the request", field=None if single else "items",
+                       code="too_much_work")
+    for name, item in named:
+        try:
+            task.parse_request(item, name or "request")
+        except QatuneError as exc:
+            raise ApiError(422, str(exc), field=name or None, code="invalid_field") from None
+    return [item for _, item in named], single
+
+
 def _answer_dict(answer: Any) -> dict[str, Any]:
     d = answer.to_dict() if hasattr(answer, "to_dict") else dict(answer)
     score = float(d.get("score", 0.0))
@@ -348,13 +423,32 @@ def _json_response(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def answers_questions(pipeline: Any) -> bool:
+    """Whether the predictor takes the question schema (a window engine or ``answer_batch``: extractive QA)."""
+    return callable(getattr(pipeline, "window_engine", None)) or callable(getattr(pipeline, "answer_batch", None))
+
+
 def make_engine(pipeline: Any, batch_size: int) -> Any:
     """Per-window scheduling when the predictor offers a window engine (the task's, e.g. QAPipeline's);
-    anything else with ``answer_batch`` runs per question."""
+    anything else with ``answer_batch`` runs per question, any other predictor per item (``predict_batch``)."""
     window_engine = getattr(pipeline, "window_engine", None)
     if callable(window_engine):
         return window_engine(batch_size)
-    return pipeline_batch_fn(pipeline, batch_size)
+    if callable(getattr(pipeline, "answer_batch", None)):
+        return pipeline_batch_fn(pipeline, batch_size)
+    if getattr(pipeline, "task", None) is None or not callable(getattr(pipeline, "predict_batch", None)):
+        raise TypeError("create_app needs a predictor: predict_batch and task (or a QA answer_batch)")
+    return ItemEngine(pipeline, batch_size)
+
+
+def _items_schema(task: Any) -> dict[str, Any]:
+    """OpenAPI request schema of a task's route, from its ``request_fields``."""
+    item = {"type": "object", "required": list(task.request_fields),
+            "properties": {name: {"description": text} for name, text in task.request_fields.items()}}
+    return {"oneOf": [{**item, "title": "One item"},
+                      {"type": "object", "title": "Many items", "required": ["items"],
+                       "properties": {"items": {"type": "array", "minItems": 1, "items": item}},
+                       "additionalProperties": False}]}
 
 
 class SafeJSONResponse(JSONResponse):
@@ -385,6 +479,9 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
     """
     settings = replace(settings or ServeSettings(), **overrides)
     run_metrics = dict(metrics) if metrics is not None else read_metrics(run_dir)
+    task = getattr(pipeline, "task", None)
+    questions = answers_questions(pipeline)
+    route = task_route(task) if task is not None else "answer"
     n_best = int(getattr(pipeline, "n_best", 20))
     batcher = MicroBatcher(make_engine(pipeline, settings.batch_size), max_batch=settings.max_batch,
                            max_wait_ms=settings.max_wait_ms, enabled=settings.batching, n_best=n_best,
@@ -405,12 +502,14 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
             await batcher.stop(timeout=settings.drain_timeout_s)
             log.info("qatune: batcher drained (%s)", batcher.stats.to_dict())
 
-    app = FastAPI(title="qatune QA server", version=__version__, lifespan=lifespan,
-                  description="Extractive question answering with a qatune run. Errors are "
+    what = "Question answering" if questions else f"The {task.name} task"
+    app = FastAPI(title="qatune server", version=__version__, lifespan=lifespan,
+                  description=f"{what} with a qatune run at POST /v1/{route}. Errors are "
                               "`{\"error\": {status, code, message, field}}`.")
     app.state.batcher = batcher
     app.state.settings = settings
     app.state.pipeline = pipeline
+    app.state.route = f"/v1/{route}"
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -465,26 +564,11 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @app.post("/v1/answer", dependencies=[Depends(require_key)], summary="Answer one or many questions",
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}},
-              responses={200: _json_response(_RESULT_SCHEMA, "the answers, best first"),
-                         400: _json_response(_ERROR_SCHEMA, "body is empty, not UTF-8 or not JSON"),
-                         401: _json_response(_ERROR_SCHEMA, "missing or wrong API key"),
-                         413: _json_response(_ERROR_SCHEMA, "body, context, question, batch or work too large"),
-                         422: _json_response(_ERROR_SCHEMA, "missing, empty or wrongly typed field"),
-                         503: _json_response(_ERROR_SCHEMA, "the server is shutting down")})
-    async def answer(request: Request) -> JSONResponse:
-        """Extract the answer to each question from its context: text, probability-like score and character
-        offsets (``context[start:end] == text``; -1 and ``no_answer: true`` when the model abstains)."""
-        t0 = time.perf_counter()
-        try:
-            with batcher.arriving_request():  # a forming batch may wait for this request
-                parsed = parse_answer_request(decode_json_body(await read_body(request)), settings)
-        except ClientDisconnect:  # gone before the body arrived: nothing to answer, nothing to compute
-            return SafeJSONResponse(error_body(499, "the client closed the connection", code="client_gone"),
-                                    status_code=499)
-        work = asyncio.ensure_future(batcher.submit(parsed.pairs, parsed.top_ks))
+    async def run_job(request: Request, items: list[Any], top_ks: list[int], field: str | None
+                      ) -> list[Any] | JSONResponse:
+        """Submit one request's items to the batcher and wait for them, dropping the work if the client goes
+        away; the refusals every route shares (413 over the window budget, 503 at shutdown, 422, 500)."""
+        work = asyncio.ensure_future(batcher.submit(items, top_ks))
         gone = asyncio.ensure_future(wait_for_disconnect(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -493,7 +577,7 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
                 log.info("qatune: client disconnected; its request was dropped")
                 return SafeJSONResponse(error_body(499, "the client closed the connection", code="client_gone"),
                                         status_code=499)
-            results = work.result()
+            return work.result()
         except asyncio.CancelledError:
             # uvicorn cancels requests still running when --graceful-timeout is over: answer as documented
             work.cancel()
@@ -502,9 +586,8 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
         except BatcherClosed as exc:
             raise ApiError(503, str(exc), code="shutting_down") from None
         except WorkTooLarge as exc:
-            raise ApiError(413, f"{exc} (--max-request-windows {exc.limit}); send shorter contexts or fewer "
-                                "questions, or split the request", field="questions" if not parsed.single
-                           else "context", code="too_much_work") from None
+            raise ApiError(413, f"{exc} (--max-request-windows {exc.limit}); send shorter texts or fewer "
+                                "items, or split the request", field=field, code="too_much_work") from None
         except QatuneError as exc:
             raise ApiError(422, str(exc)) from None
         except Exception as exc:  # noqa: BLE001
@@ -512,6 +595,31 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
             raise ApiError(500, f"internal error while answering: {type(exc).__name__}") from None
         finally:
             gone.cancel()
+
+    async def read_request(request: Request, parse: Any) -> Any:
+        try:
+            with batcher.arriving_request():  # a forming batch may wait for this request
+                return parse(decode_json_body(await read_body(request)))
+        except ClientDisconnect:  # gone before the body arrived: nothing to answer, nothing to compute
+            return SafeJSONResponse(error_body(499, "the client closed the connection", code="client_gone"),
+                                    status_code=499)
+
+    errors = {400: _json_response(_ERROR_SCHEMA, "body is empty, not UTF-8 or not JSON"),
+              401: _json_response(_ERROR_SCHEMA, "missing or wrong API key"),
+              413: _json_response(_ERROR_SCHEMA, "body, a text, the number of items or the work too large"),
+              422: _json_response(_ERROR_SCHEMA, "missing, empty or wrongly typed field"),
+              503: _json_response(_ERROR_SCHEMA, "the server is shutting down")}
+
+    async def answer(request: Request) -> JSONResponse:
+        """Extract the answer to each question from its context: text, probability-like score and character
+        offsets (``context[start:end] == text``; -1 and ``no_answer: true`` when the model abstains)."""
+        t0 = time.perf_counter()
+        parsed = await read_request(request, lambda data: parse_answer_request(data, settings))
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        results = await run_job(request, parsed.pairs, parsed.top_ks, "context" if parsed.single else "questions")
+        if isinstance(results, JSONResponse):
+            return results
         took = round((time.perf_counter() - t0) * 1000, 2)
         if parsed.single:
             body = _result(results[0])
@@ -519,6 +627,38 @@ def create_app(pipeline: Any, settings: ServeSettings | None = None, *, run_dir:
             body = {"results": [_result(r) for r in results]}
         body["took_ms"] = took
         return JSONResponse(body)
+
+    async def predict_items(request: Request) -> JSONResponse:
+        """The task's predictions: one per item, as the task formats them (``Task.format_response``)."""
+        t0 = time.perf_counter()
+        parsed = await read_request(request, lambda data: parse_items_request(data, task, settings))
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        items, single = parsed
+        results = await run_job(request, items, [1] * len(items), None if single else "items")
+        if isinstance(results, JSONResponse):
+            return results
+        formatted = [task.format_response(r) for r in results]
+        body: dict[str, Any]
+        if single:
+            body = dict(formatted[0]) if isinstance(formatted[0], dict) else {"result": formatted[0]}
+        else:
+            body = {"results": formatted}
+        body["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return SafeJSONResponse(body)
+
+    if questions:
+        app.post(f"/v1/{route}", dependencies=[Depends(require_key)], summary="Answer one or many questions",
+                 openapi_extra={"requestBody": {"required": True,
+                                                "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}},
+                 responses={200: _json_response(_RESULT_SCHEMA, "the answers, best first"), **errors})(answer)
+    else:
+        app.post(f"/v1/{route}", dependencies=[Depends(require_key)],
+                 summary=f"Predict with the {task.name} task (one item or many)",
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": _items_schema(task)}}}},
+                 responses={200: _json_response({"type": "object"}, "the task's prediction(s) and took_ms"),
+                            **errors})(predict_items)
 
     @app.get("/v1/model", dependencies=[Depends(require_key)], summary="The model being served")
     async def model() -> dict[str, Any]:

@@ -124,6 +124,47 @@ class PairEngine:
         return " (one per question)"
 
 
+def text_chars(value: Any) -> int:
+    """Characters of every string in a request item (a pair, an object, nested lists): its tokenizing work."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(text_chars(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(text_chars(v) for v in value)
+    return 0
+
+
+class ItemEngine:
+    """A predictor without a window engine (``predict_batch(items, batch_size)``): one request item is one
+    window, so the batcher's budgets (``max_windows``, ``max_batch``) count items and requests are still
+    interleaved fairly, a few items of each per step. Results are the predictor's, one per item."""
+
+    def __init__(self, predictor: Any, batch_size: int = 32) -> None:
+        self.predictor = predictor
+        self.batch_size = batch_size
+
+    def tokenize(self, items: Sequence[Any], top_ks: Sequence[int]) -> _PairWork:
+        return _PairWork(list(items), list(top_ks), len(items), [None] * len(items))
+
+    def compute(self, parts: Sequence[tuple[Any, int, int]]) -> None:
+        from qatune.runtime import release_free_memory
+
+        flat = [(work, i) for work, lo, hi in parts for i in range(lo, hi)]
+        out = self.predictor.predict_batch([work.pairs[i] for work, i in flat], batch_size=self.batch_size)
+        if len(out) != len(flat):
+            raise RuntimeError(f"predict_batch returned {len(out)} results for {len(flat)} items")
+        for (work, i), result in zip(flat, out, strict=True):
+            work.results[i] = result
+        release_free_memory()
+
+    def finish(self, work: _PairWork) -> list[Any]:
+        return list(work.results)
+
+    def describe(self, work: _PairWork) -> str:
+        return " (one per item)"
+
+
 def pipeline_batch_fn(pipeline: Any, batch_size: int = 32) -> BatchFn:
     """Adapt ``answer_batch`` (an Answer for top_k=1, a list otherwise) to lists of answers."""
 
@@ -290,7 +331,7 @@ class MicroBatcher:
         if len(top_ks) != len(pairs):
             raise ValueError(f"{len(top_ks)} top_k values for {len(pairs)} questions")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        job = _Job(pairs, top_ks, future, chars=sum(len(q) + len(c) for q, c in pairs))
+        job = _Job(pairs, top_ks, future, chars=sum(text_chars(item) for item in pairs))
         future.add_done_callback(lambda f: self._on_done(job, f))
         self._pending.append(job)
         self._signal()

@@ -13,9 +13,18 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from qatune.core.registry import Registry
-from qatune.tasks.base import EvalResult, ExportSignature, ModelSpec, Predictor, ReportColumn, ReportSpec, Task
+from qatune.tasks.base import (
+    EvalResult,
+    ExportSignature,
+    ExtraInput,
+    ModelSpec,
+    Predictor,
+    ReportColumn,
+    ReportSpec,
+    Task,
+)
 
-__all__ = ["EvalResult", "ExportSignature", "ModelSpec", "Predictor", "ReportColumn", "ReportSpec", "Task",
+__all__ = ["EvalResult", "ExportSignature", "ExtraInput", "ModelSpec", "Predictor", "ReportColumn", "ReportSpec", "Task",
            "get_task", "register_task", "task_names", "unregister_task"]
 
 DEFAULT_TASK = "extractive_qa"

@@ -46,11 +46,49 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ExtraInput:
+    """A model input beyond the token windows (e.g. a classifier's tabular ``numeric`` features).
+
+    The task's features object carries it as an attribute of the same ``name``, indexable by window
+    (``features.numeric[i]`` -> one window's array of ``shape``); the runners and the exporter stack those
+    rows into a ``[batch, *shape]`` array of ``dtype``, and the wrapped model's forward takes it as the keyword
+    argument ``name``."""
+
+    name: str
+    dtype: str = "float32"  # numpy dtype name: float32, int64, ...
+    shape: tuple[int | str, ...] = ()  # per-window dims after the batch axis; a string names a dynamic axis
+
+
+@dataclass(frozen=True)
 class ExportSignature:
-    """Input and output tensor names of the task's forward pass, as an exported graph carries them."""
+    """Input and output tensor names of the task's forward pass, as an exported graph carries them.
+
+    ``output_axes``: each output's axes by name, batch first: ``("batch", "sequence")`` for a per-token output
+    (QA's start/end logits: unpadded to the window's length), ``("batch", None)`` for a per-window output
+    (classification logits ``[batch, labels]``: one row per window); ``None`` is a fixed-size axis. An output
+    not listed is ``("batch", None)``. ``extra_inputs``: inputs besides the token windows (:class:`ExtraInput`)."""
 
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     outputs: tuple[str, ...] = ("logits",)
+    output_axes: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
+    extra_inputs: tuple[ExtraInput, ...] = ()
+
+    def axes(self, output: str) -> tuple[str | None, ...]:
+        return tuple(self.output_axes.get(output, ("batch", None)))
+
+    def dynamic_axes(self, input_names: Sequence[str]) -> dict[str, dict[int, str]]:
+        """``torch.onnx.export``'s dynamic axes: token inputs ``batch``/``sequence``, extra inputs ``batch`` and
+        their named dims, outputs as :attr:`output_axes` says."""
+        extras = {e.name: e for e in self.extra_inputs}
+        out: dict[str, dict[int, str]] = {}
+        for name in input_names:
+            if name in extras:
+                out[name] = {0: "batch", **{i + 1: d for i, d in enumerate(extras[name].shape) if isinstance(d, str)}}
+            else:
+                out[name] = {0: "batch", 1: "sequence"}
+        for name in self.outputs:
+            out[name] = {i: axis for i, axis in enumerate(self.axes(name)) if axis}
+        return out
 
 
 @dataclass(frozen=True)
@@ -125,7 +163,9 @@ class Task(Protocol):
     run_files: tuple[str, ...]  # files its evaluation writes into a run directory
     eval_only_options: frozenset[str]  # options that do not change training (free to change on --resume)
     report: ReportSpec
-    request_fields: dict[str, str]  # predict/serve request fields -> description
+    request_fields: dict[str, str]  # predict/serve request fields -> description (also `qatune predict --FIELD`)
+    route: str  # the server's path segment: POST /v1/<route> (extractive QA: "answer")
+    zero_shot: bool  # whether a base model (not a trained run) can be evaluated/used as is: default False
     sample_data: str | None  # a small bundled labelled file (export parity checks fall back to it)
 
     # -- options and data ---------------------------------------------------------------------------
@@ -195,6 +235,25 @@ class Task(Protocol):
 
     def format_response(self, prediction: Any) -> Any:
         """A prediction as JSON-able data for predict/serve."""
+
+
+def task_route(task: Task) -> str:
+    """The task's serve route (``Task.route``; a task without one is served under its name)."""
+    return str(getattr(task, "route", None) or task.name)
+
+
+def supports_zero_shot(task: Task) -> bool:
+    """``Task.zero_shot`` (default False): a base model with a fresh, untrained head predicts nothing
+    meaningful for most tasks, so only a task that says so is evaluated or served without training."""
+    return bool(getattr(task, "zero_shot", False))
+
+
+def format_record(task: Task, prediction: Any) -> dict[str, Any]:
+    """One ``predict --input`` output line (without its ``id``): the task's optional ``format_record`` hook,
+    else its ``format_response`` (a non-object response goes under ``prediction``)."""
+    hook = getattr(task, "format_record", None)
+    response = hook(prediction) if callable(hook) else task.format_response(prediction)
+    return dict(response) if isinstance(response, dict) else {"prediction": response}
 
 
 def options_from_run(task: Task, run_config: dict[str, Any]) -> Any:

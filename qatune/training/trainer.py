@@ -27,6 +27,7 @@ from qatune import rundir, runtime
 from qatune.artifacts import RUN_CONFIG, write_json
 from qatune.backends import get_backend
 from qatune.config import TrainConfig, config_from_dict, config_to_dict, load_config, save_config
+from qatune.core.jsonio import finite_or_null
 from qatune.errors import ConfigError, QatuneError
 from qatune.methods import registry
 from qatune.tasks import get_task
@@ -533,11 +534,25 @@ def _save_run(cfg: TrainConfig, out: Path, backend: Any, model: Any, tokenizer: 
     })
     if torch.cuda.is_available():
         metrics["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    write_json(out / "metrics.json", metrics)
-    write_json(out / "history.json", state.history)
+    # a diverged run (NaN/Infinity loss or scores) is written as strict JSON: null in place of each such
+    # number, "diverged": true and where they were, so metrics.json stays readable by jq/JavaScript/MLflow
+    metrics, bad = finite_or_null(metrics)
+    history, bad_history = finite_or_null(state.history, "history")
+    state.history[:] = history
+    files = {}
     if last_eval is not None:
         for name, data in last_eval.files.items():
-            write_json(out / name, data)
+            files[name], bad_file = finite_or_null(data, name)
+            bad += bad_file
+    if bad or bad_history:
+        metrics["diverged"] = True
+        metrics["non_finite"] = [*bad, *bad_history][:20]
+        _log(f"warning: training diverged: {', '.join([*bad, *bad_history][:3])} not finite (written as null); "
+             "lower the learning rate or use --precision fp32")
+    write_json(out / "metrics.json", metrics, strict=True)
+    write_json(out / "history.json", state.history, strict=True)
+    for name, data in files.items():
+        write_json(out / name, data, strict=True)
     # the manifest: exactly what this run wrote, so --overwrite later removes these and nothing else
     written = {*RUN_FILES, *(last_eval.files if last_eval is not None else ())}
     rundir.record(out, "run", (set(os.listdir(out)) - before) | {n for n in written if (out / n).exists()})

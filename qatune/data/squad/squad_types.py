@@ -69,15 +69,20 @@ class Answer:
 
 
 def parse_request(payload: Any, where: str) -> tuple[str, str]:
-    """``{"question": ..., "context": ...}`` (or a (question, context) pair) -> the pair; DataError naming ``where``."""
+    """``{"question": ..., "context": ...}`` (or a (question, context) pair) -> the pair; DataError naming
+    ``where`` and the field (``qatune predict`` passes its flags' strings, ``--input`` its JSON lines)."""
     if isinstance(payload, dict):
-        question, context = payload.get("question"), payload.get("context")
+        for key in ("question", "context"):
+            if key not in payload or payload[key] is None:
+                raise DataError(f"{where}: field '{key}' is missing")
+        question, context = payload["question"], payload["context"]
     elif isinstance(payload, (tuple, list)) and len(payload) == 2:
         question, context = payload
     else:
         raise DataError(f"{where}: expected a (question, context) pair, got {type(payload).__name__}")
-    if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: 'question' must be a non-empty string")
-    if not isinstance(context, str) or not context.strip():
-        raise DataError(f"{where}: 'context' must be a non-empty string")
+    for key, value in (("question", question), ("context", context)):
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise DataError(f"{where}: field '{key}' is empty")
     return question, context

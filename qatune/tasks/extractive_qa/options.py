@@ -6,7 +6,7 @@ work and land here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qatune.errors import ConfigError
@@ -28,11 +28,16 @@ RANGES: dict[str, Range] = {
 
 @dataclass
 class QAOptions:
-    doc_stride: int = _DEFAULT_STRIDE  # not given and max_seq_length too short for it: see auto_doc_stride
-    n_best: int = 20
-    max_answer_length: int = 30
-    null_threshold: float | None = None  # SQuAD v2: None tunes it on the eval set
-    version_2: bool | None = None  # None: detect from the data
+    """The ``qa:`` section; each field is also a ``qatune train`` flag (``--doc-stride``), help from its metadata."""
+
+    # not given and max_seq_length too short for it: see auto_doc_stride
+    doc_stride: int = field(default=_DEFAULT_STRIDE, metadata={"help": "overlap between windows (128)"})
+    n_best: int = field(default=20, metadata={"help": "start/end candidates kept per window (20)"})
+    max_answer_length: int = field(default=30, metadata={"help": "longest answer in tokens (30)"})
+    null_threshold: float | None = field(default=None, metadata={
+        "help": "SQuAD v2 no-answer threshold (default: tuned on eval)"})
+    version_2: bool | None = field(default=None, metadata={
+        "help": "true/false: SQuAD v2 no-answer training (default: detected from the data)"})
 
 
 def max_doc_stride(max_seq_length: int) -> int:

@@ -31,7 +31,9 @@ class ExtractiveQATask:
     options_type = QAOptions
     model = ModelSpec(head="question_answering", needs_offsets=True)
     export_signature = ExportSignature(inputs=("input_ids", "attention_mask", "token_type_ids"),
-                                       outputs=("start_logits", "end_logits"))
+                                       outputs=("start_logits", "end_logits"),
+                                       output_axes={"start_logits": ("batch", "sequence"),
+                                                    "end_logits": ("batch", "sequence")})
     run_files = ("predictions.json", "na_probs.json")
     # options that change evaluation only: free to change between a checkpoint and --resume
     eval_only_options = frozenset({"n_best", "max_answer_length", "null_threshold", "version_2"})
@@ -46,6 +48,10 @@ class ExtractiveQATask:
     sample_data = str(Path(__file__).resolve().parents[2] / "resources" / "sample" / "dev.json")
     request_fields = {"question": "the question (non-empty string)",
                       "context": "the text that holds the answer (non-empty string, any length)"}
+    route = "answer"  # POST /v1/answer
+    zero_shot = False  # a base model's fresh span head answers at random: train first
+    # every `qatune predict --input` output line has these besides "id" (how --overwrite knows our files)
+    response_keys = frozenset({"answer", "score", "start", "end", "no_answer"})
 
     # -- options and data -----------------------------------------------------------------------------
     def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> QAOptions:
@@ -188,3 +194,14 @@ class ExtractiveQATask:
         if isinstance(prediction, list):
             return [p.to_dict() for p in prediction]
         return prediction.to_dict()
+
+    def format_record(self, prediction: Any) -> dict[str, Any]:
+        """A ``predict --input`` line: the best answer flat (``answer``, ``score``, offsets, ``no_answer``),
+        plus every answer under ``answers`` when there are several (``--top-k`` > 1)."""
+        answers = prediction if isinstance(prediction, list) else [prediction]
+        best = answers[0].to_dict()
+        record = {"answer": best["text"], "score": best["score"], "start": best["start"], "end": best["end"],
+                  "no_answer": best["no_answer"]}
+        if isinstance(prediction, list):
+            record["answers"] = [a.to_dict() for a in answers]
+        return record
