@@ -133,7 +133,7 @@ def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_si
     for indices in tqdm(batches, desc="generating", unit="batch", disable=not progress):
         feeds = {k: v.to(device) for k, v in left_pad([prompts[i] for i in indices], gen.pad_id).items()}
         mask, positions = feeds["attention_mask"], feeds["position_ids"][:, -1:]
-        rows, width = feeds["input_ids"].shape
+        rows = feeds["input_ids"].shape[0]
         with runtime.autocast(device, precision):
             logits, cache = module(feeds["input_ids"], mask, feeds["position_ids"], use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(logits[:, -1].float(), dim=-1)
@@ -148,7 +148,7 @@ def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_si
                                          use_cache=True)
                 logp = torch.log_softmax(more.float(), dim=-1)
                 score += logp.gather(-1, text[:, 1:, None])[..., 0].double().sum(-1)
-                cache.crop(width)  # back to the prompts: the answer is generated from there
+                cache.crop(-(text.shape[1] - 1))  # back to the prompts: the answer is generated from there
             no_answer_lp[list(indices)] = score.cpu().numpy()
             first[:, int(no_answer[0])] = -torch.inf
         done = torch.zeros(rows, dtype=torch.bool, device=device)
