@@ -223,6 +223,11 @@ def test_train_save_load_predict_round_trip(gpt2_dir: Path, data: dict[str, Path
     assert again["f1"] == pytest.approx(metrics["f1"]) and again["bleu1"] == pytest.approx(metrics["bleu1"])
     with pytest.raises(DataError, match="item 0: field 'context' is missing"):
         predictor.predict_batch([{"question": "Where?"}])
+    from qatune.export.onnx import export_onnx
+
+    with pytest.raises(ConfigError, match="task 'generative_qa', which has no single-graph ONNX export"):
+        export_onnx(str(out), str(tmp_path / "onnx"))
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_v2_no_answer_probability_threshold_and_official_files(llama_dir: Path, data: dict[str, Path],
