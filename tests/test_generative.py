@@ -200,7 +200,8 @@ def test_a_long_context_is_cut_to_fit_with_a_count_and_answers(gpt2_dir: Path, d
     assert tf.dropped == [0] and len(tf) == 1 and tf.example_index.tolist() == [1]
 
 
-def test_train_save_load_predict_round_trip(gpt2_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+def test_train_save_load_predict_round_trip(gpt2_dir: Path, data: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gen-run"
     result = qatune.train({"task": "generative", "model": str(gpt2_dir), "method": "lora", "train": str(data["train"]),
                            "eval": str(data["dev"]), "output": str(out), "epochs": 1, "batch_size": 8,
@@ -223,6 +224,10 @@ def test_train_save_load_predict_round_trip(gpt2_dir: Path, data: dict[str, Path
     assert again["f1"] == pytest.approx(metrics["f1"]) and again["bleu1"] == pytest.approx(metrics["bleu1"])
     with pytest.raises(DataError, match="item 0: field 'context' is missing"):
         predictor.predict_batch([{"question": "Where?"}])
+    from conftest import cli
+
+    rc, stdout, _ = cli(capsys, "predict", out, "--question", rows[0].question, "--context", rows[0].context)
+    assert rc == 0 and json.loads(stdout)["text"] == answers[0].text  # the CLI answers through the same predictor
     from qatune.export.onnx import export_onnx
 
     with pytest.raises(ConfigError, match="task 'generative_qa', which has no single-graph ONNX export"):
