@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import qatune
+    from qatune.data.squad.squad_schema import load_qa_examples
     from qatune.runtime import autocast, release_free_memory
     from qatune.tasks.extractive_qa.features import build_features, collate, sorted_batches
     from qatune.tasks.extractive_qa.modeling import INPUT_KEYS
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
 
     examples, _ = load_qa_examples(args.data, split="validation")
     random.Random(0).shuffle(examples)

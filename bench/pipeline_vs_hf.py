@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import qatune
     from qatune.artifacts import read_run_config
+    from qatune.data.squad.squad_metrics import exact_match_v1, f1_v1, normalize_answer
+    from qatune.data.squad.squad_schema import load_qa_examples
     from qatune.methods import registry
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
-    from qatune.tasks.extractive_qa.squad_metrics import exact_match_v1, f1_v1, normalize_answer
 
     run_cfg = read_run_config(args.run)
     if registry.get(run_cfg.get("method", "full")).is_peft:

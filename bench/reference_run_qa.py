@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qatune.backends.hf.models import resolve_model  # noqa: E402
-from qatune.tasks.extractive_qa.squad import load_qa_examples  # noqa: E402
+from qatune.data.squad.squad_schema import load_qa_examples  # noqa: E402
 
 
 def prepare_train(examples, tokenizer, max_len=384, stride=128):
@@ -96,8 +96,8 @@ def train(args):
 def evaluate(args):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from qatune.tasks.extractive_qa.squad import examples_to_squad_json
-    from qatune.tasks.extractive_qa.squad_metrics import squad_v1_evaluate
+    from qatune.data.squad.squad_metrics import squad_v1_evaluate
+    from qatune.data.squad.squad_schema import examples_to_squad_json
 
     examples, _ = load_qa_examples(args.data, max_samples=args.max_eval_samples)
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ SAMPLE_DEV = REPO / "qatune" / "resources" / "sample" / "dev.json"
 
 # -- questions ----------------------------------------------------------------------------------------
 def load_questions(data: str | None, n: int, seed: int = 0) -> tuple[list[dict[str, str]], str]:
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
+    from qatune.data.squad.squad_schema import load_qa_examples
 
     path = Path(data) if data else (SHARED_DEV if SHARED_DEV.is_file() else SAMPLE_DEV)
     examples, _ = load_qa_examples(str(path), max_samples=None, split="validation")

@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qatune"
 SHARED_LAYERS = ("training", "evaluation", "inference", "serve", "export", "compare", "cli", "pipelines")
-QA_TASK = "qatune.tasks.extractive_qa"
+QA_TASKS = ("qatune.tasks.extractive_qa", "qatune.tasks.generative_qa")
 
 
 def module_name(path: Path) -> str:
@@ -70,7 +70,8 @@ def in_package(module: str, package: str) -> bool:
 
 
 def is_squad_code(module: str) -> bool:
-    return in_package(module, QA_TASK) or "squad" in module.rsplit(".", 1)[-1]
+    return (any(in_package(module, task) for task in QA_TASKS) or in_package(module, "qatune.data.squad")
+            or "squad" in module.rsplit(".", 1)[-1])
 
 
 def test_the_walker_sees_function_level_and_relative_imports(graph: dict[str, set[str]]) -> None:
@@ -159,3 +160,14 @@ def test_the_builtin_task_and_backend_implement_their_contracts() -> None:
     assert len(_contract(Task)) > 25 and len(_contract(Backend)) > 8
     assert not sorted(n for n in _contract(Task) if not hasattr(task, n))
     assert not sorted(n for n in _contract(Backend) if not hasattr(backend, n))
+
+
+def test_task_packages_never_import_each_other(graph: dict[str, set[str]]) -> None:
+    """What two tasks share (SQuAD reading and scoring) lives below them, in qatune.data.squad."""
+    def task_of(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 2 and parts[:2] == ["qatune", "tasks"] and parts[2] != "base" else None
+
+    bad = sorted(f"{src} -> {dst}" for src, targets in graph.items() for dst in targets
+                 if task_of(src) and task_of(dst) and task_of(src) != task_of(dst))
+    assert not bad, "task packages import each other:\n" + "\n".join(bad)

@@ -378,9 +378,9 @@ def test_evaluate_unwritable_output(capsys, run_dir: Path, tmp_path: Path) -> No
 
 
 def test_tuned_v2_threshold_reaches_best_f1() -> None:
+    from qatune.data.squad.squad_types import GoldAnswer, QAExample
     from qatune.tasks.extractive_qa.postprocess import Decoded, Span
     from qatune.tasks.extractive_qa.task import score_predictions
-    from qatune.tasks.extractive_qa.types import GoldAnswer, QAExample
 
     examples = [QAExample(f"no-{i}", "Who?", CONTEXT, [], is_impossible=True) for i in range(3)]
     examples.append(QAExample("has", "What?", CONTEXT, [GoldAnswer("green bottles", CONTEXT.find("green bottles"))]))

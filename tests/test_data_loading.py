@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from qatune.data.squad.squad_schema import declared_version, load_squad_for_scoring
 from qatune.errors import ConfigError, DataError
 from qatune.tasks.extractive_qa import (
     GoldAnswer,
@@ -23,7 +24,6 @@ from qatune.tasks.extractive_qa import (
     load_qa_examples,
     load_squad_dataset_json,
 )
-from qatune.tasks.extractive_qa.squad import declared_version, load_squad_for_scoring
 
 # Never reach the network: the hub test expects the offline error. qatune.data imports datasets lazily, so
 # setting this after the imports above still comes before datasets (and huggingface_hub) read it.

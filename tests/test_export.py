@@ -22,7 +22,7 @@ METHODS = ("full", "lora", "ia3")
 
 
 def _pairs(n: int = 10) -> list[tuple[str, str]]:
-    from qatune.tasks.extractive_qa.squad import load_qa_examples
+    from qatune.data.squad.squad_schema import load_qa_examples
 
     examples, _ = load_qa_examples(str(SAMPLE / "dev.json"), max_samples=n)
     return [(e.question, e.context) for e in examples]

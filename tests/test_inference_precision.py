@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import qatune
+from qatune.data.squad.squad_schema import load_qa_examples
 from qatune.inference.loader import TorchRunner
 from qatune.tasks.extractive_qa.features import build_features
-from qatune.tasks.extractive_qa.squad import load_qa_examples
 
 SAMPLE = Path(qatune.__file__).resolve().parent / "resources" / "sample"
 

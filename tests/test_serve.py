@@ -335,8 +335,8 @@ def test_long_context_answer_in_the_last_window_is_found(pipeline: Any) -> None:
 
 
 def test_long_context_windows_cover_every_character(pipeline: Any) -> None:
+    from qatune.data.squad.squad_types import QAExample
     from qatune.tasks.extractive_qa.features import build_features
-    from qatune.tasks.extractive_qa.types import QAExample
 
     ctx = long_context()
     feats = build_features([QAExample("0", "Where was the treasure buried?", ctx)], pipeline.tokenizer,

@@ -66,8 +66,8 @@ def counted(pipeline: Any, **kw: Any) -> tuple[Any, WindowCounter]:
 
 
 def windows_of(pipeline: Any, context: str, question: str = "Where was the treasure buried?") -> int:
+    from qatune.data.squad.squad_types import QAExample
     from qatune.tasks.extractive_qa.features import build_features
-    from qatune.tasks.extractive_qa.types import QAExample
 
     return len(build_features([QAExample("0", question, context)], pipeline.tokenizer, pipeline.max_seq_length,
                               pipeline.doc_stride, use_cache=False, progress=False))

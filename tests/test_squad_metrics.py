@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from qatune.errors import ConfigError, DataError, QatuneError
-from qatune.tasks.extractive_qa.squad_metrics import (
+from qatune.data.squad.squad_metrics import (
     apply_no_ans_threshold,
     compute_exact_v2,
     compute_f1_v2,
@@ -26,6 +25,7 @@ from qatune.tasks.extractive_qa.squad_metrics import (
     squad_v1_evaluate,
     squad_v2_evaluate,
 )
+from qatune.errors import ConfigError, DataError, QatuneError
 
 OFFICIAL_V2_KEYS = [
     "exact",

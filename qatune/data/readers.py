@@ -6,7 +6,7 @@ Every reader yields ``(where, record, fallback id)``: "where" locates the record
 used when a record has no id (None where the format requires one, e.g. SQuAD JSON). What the records
 must contain, which whole-JSON documents a task knows (SQuAD's nested articles) and how messages name
 the accepted sources come from the task's :class:`RecordSchema`; each task validates and repairs its
-own records (e.g. :mod:`qatune.tasks.extractive_qa.squad`). ``datasets`` and ``pyarrow`` are imported
+own records (e.g. :mod:`qatune.data.squad.squad_schema`). ``datasets`` and ``pyarrow`` are imported
 inside the functions that need them so that importing qatune (and ``qatune --help``) stays fast.
 """
 

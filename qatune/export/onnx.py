@@ -200,6 +200,10 @@ def _refuse_unexportable(run_dir: Path, run_cfg: dict[str, Any]) -> Any:
     if (run_dir / MODEL_FILE).is_file():
         raise ConfigError(f"{run_dir} is already an ONNX export; export its source run "
                           f"({read_export_info(run_dir).get('source_run', 'see export.json')})")
+    task = task_of(run_cfg)
+    if task.export_signature is None:  # e.g. generative QA: a generation loop, not one forward graph
+        raise ConfigError(f"{run_dir} is a run of task '{task.name}', which has no single-graph ONNX export; "
+                          "serve or predict with PyTorch (qatune serve / qatune predict on the run dir)")
     name = str(run_cfg.get("method", "full"))
     try:
         method = registry.get(name)

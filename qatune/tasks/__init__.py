@@ -49,6 +49,15 @@ def _classification() -> Task:
 _tasks.register("classification", _classification, aliases=("classify",))
 
 
+def _generative_qa() -> Task:
+    from qatune.tasks.generative_qa import GenerativeQATask  # torch-free import: heavy parts load lazily
+
+    return GenerativeQATask()
+
+
+_tasks.register("generative_qa", _generative_qa, aliases=("generative",))
+
+
 def register_task(name: str, factory: Callable[[], Any], aliases: tuple[str, ...] = (), replace: bool = False) -> None:
     """Register a task under ``name`` (what ``task:`` in a config names); ``factory()`` builds it."""
     _tasks.register(name, factory, aliases, replace=replace)

@@ -80,6 +80,9 @@ class HFBackend:
             raise ConfigError(f"method '{method.name}' is not available on the hf backend; "
                               f"available: {', '.join(BUILDERS)}")
         _, task_type = self._head(spec)
+        if spec.head == "causal_lm" and method.virtual_tokens:
+            raise ConfigError(f"method '{method.name}' adds virtual tokens, which qatune's KV-cache generation for "
+                              "causal LMs does not feed; use full, lora, loha, ia3 or peft (e.g. AdaLoraConfig)")
         return BUILDERS[method.name](model, method_options, task_type)
 
     def save_run(self, model: Any, tokenizer: Any, out: Path) -> None:

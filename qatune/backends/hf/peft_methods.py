@@ -32,6 +32,12 @@ ATTENTION_TARGETS: dict[str, list[str]] = {
     "xlm-roberta": ["query", "key", "value", "attention.output.dense"],
     "electra": ["query", "key", "value", "attention.output.dense"],
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin"],
+    # decoder LMs (generative QA): the query/key/value projections and the attention output as well
+    "gpt2": ["c_attn", "attn.c_proj"],  # GPT-2 fuses q/k/v into one Conv1D
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
 }
 
 

@@ -22,7 +22,7 @@ from qatune.core.batching import (  # noqa: F401 - re-exported: the QA task's ba
     pad_windows,
     sorted_batches,
 )
-from qatune.tasks.extractive_qa.types import QAExample
+from qatune.data.squad.squad_types import QAExample
 
 FEATURES_VERSION = 1
 MAX_QUERY_TOKENS = 64  # as in the original BERT SQuAD code: longer questions are clipped

@@ -8,14 +8,14 @@ candidate scoring is one numpy expression over a (windows x n x n) block instead
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from qatune.data.squad.squad_scoring import no_answer_probability  # noqa: F401 - re-exported for the predictor
+from qatune.data.squad.squad_types import QAExample
 from qatune.tasks.extractive_qa.features import QAFeatures
-from qatune.tasks.extractive_qa.types import QAExample
 
 
 @dataclass
@@ -142,14 +142,3 @@ def final_answers(examples: Sequence[QAExample], decoded: Sequence[Decoded], ver
         else:
             predictions[ex.id] = d.best.text if d.best else ""
     return predictions, na_probs
-
-
-def no_answer_probability(gap: float, threshold: float) -> float:
-    """``sigmoid(gap - threshold)``: above 0.5 means "no answer" (gap = null score - best span score).
-
-    The one definition behind ``na_probs.json`` and the ``score`` of a no-answer prediction; a gap that
-    is not finite (no span at all) is certain no-answer.
-    """
-    if not math.isfinite(gap):
-        return 1.0
-    return 1.0 / (1.0 + math.exp(-max(min(gap - threshold, 60.0), -60.0)))

@@ -13,15 +13,14 @@ post-processing as the PyTorch one.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from qatune.data.squad.squad_types import Answer, QAExample, parse_request  # noqa: F401 - Answer: API
 from qatune.errors import DataError
 from qatune.ranges import Range, check_option
 from qatune.tasks.base import BATCH_SIZE, EvalResult, Runner
 from qatune.tasks.extractive_qa.features import build_features
 from qatune.tasks.extractive_qa.postprocess import Decoded, decode, no_answer_probability
-from qatune.tasks.extractive_qa.types import QAExample
 
 # keyword options of the QA predictor, checked before any work (the CLI flags share the names); batch_size
 # is every predictor's (qatune.inference.loader.BATCH_SIZE)
@@ -55,38 +54,6 @@ def check_run_config(cfg: dict[str, Any]) -> None:
     stride = Range(0, max_doc_stride(int(values["max_seq_length"] or 384)), why="tokens shared by neighbouring windows")
     check_option("doc_stride", values["doc_stride"], stride, integer=True, label=label("doc_stride"))
     check_option("null_threshold", cfg.get("null_threshold"), NULL_THRESHOLD, label=label("null_threshold"))
-
-
-@dataclass
-class Answer:
-    text: str
-    score: float  # probability among the n-best spans (or of no-answer)
-    start: int  # character offsets in the context; -1 for no answer
-    end: int
-    no_answer: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_request(payload: Any, where: str) -> tuple[str, str]:
-    """``{"question": ..., "context": ...}`` (or a (question, context) pair) -> the pair; DataError naming
-    ``where`` and the field (``qatune predict`` passes its flags' strings, ``--input`` its JSON lines)."""
-    if isinstance(payload, dict):
-        for key in ("question", "context"):
-            if key not in payload or payload[key] is None:
-                raise DataError(f"{where}: field '{key}' is missing")
-        question, context = payload["question"], payload["context"]
-    elif isinstance(payload, (tuple, list)) and len(payload) == 2:
-        question, context = payload
-    else:
-        raise DataError(f"{where}: expected a (question, context) pair, got {type(payload).__name__}")
-    for key, value in (("question", question), ("context", context)):
-        if not isinstance(value, str):
-            raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
-        if not value.strip():
-            raise DataError(f"{where}: field '{key}' is empty")
-    return question, context
 
 
 class QAPipeline:

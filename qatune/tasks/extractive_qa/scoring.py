@@ -1,28 +1,15 @@
-"""Scoring decoded QA answers: official EM/F1, the SQuAD v2 no-answer threshold, the prediction files."""
+"""Scoring decoded QA spans: the best span and its no-answer gap per question, then the shared official
+SQuAD scoring (:mod:`qatune.data.squad.squad_scoring`: EM/F1, the v2 threshold, the prediction files)."""
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from qatune.errors import DataError
+from qatune.data.squad.squad_scoring import QAEvalResult, score_answers, score_files  # noqa: F401 - API
+from qatune.data.squad.squad_types import QAExample
 from qatune.tasks.base import EvalResult
-from qatune.tasks.extractive_qa.postprocess import final_answers, no_answer_probability
-from qatune.tasks.extractive_qa.types import QAExample
-
-
-@dataclass
-class QAEvalResult:
-    metrics: dict[str, Any]
-    predictions: dict[str, str]
-    na_probs: dict[str, float]
-    null_threshold: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], version_2: bool,
@@ -32,109 +19,12 @@ def score_predictions(examples: Sequence[QAExample], decoded: Sequence[Any], ver
     ``na_probs`` written for v2 are ``sigmoid(score_gap - threshold)``: above 0.5 means "no answer", and
     the official script run on predictions.json + na_probs.json reproduces metrics.json exactly.
     """
-    from qatune.tasks.extractive_qa.squad import examples_to_squad_json
-    from qatune.tasks.extractive_qa.squad_metrics import squad_v1_evaluate, squad_v2_evaluate
-
-    dataset = examples_to_squad_json(list(examples), "2.0" if version_2 else "1.1")["data"]
-    if not version_2:
-        predictions, _ = final_answers(examples, decoded, version_2=False)
-        return QAEvalResult(metrics=dict(squad_v1_evaluate(dataset, predictions)),
-                            predictions=predictions, na_probs={})
-    raw_preds = {ex.id: (d.best.text if d.best else "") for ex, d in zip(examples, decoded, strict=True)}
-    gaps = {ex.id: (d.score_diff if np.isfinite(d.score_diff) else 1e6) for ex, d in zip(examples, decoded, strict=True)}
-    tuned = False
-    if null_threshold is None:
-        best = squad_v2_evaluate(dataset, raw_preds, na_probs=gaps)
-        null_threshold = float(best.get("best_f1_thresh", 0.0))
-        tuned = True
-        # The official search starts from "answer nothing" and keeps threshold 0.0 when nothing beats it;
-        # on raw score gaps 0.0 would answer almost everything, so pick a threshold below every gap instead.
-        no_answer_share = 100.0 * sum(1 for ex in examples if ex.is_impossible or not ex.answers) / len(examples)
-        if gaps and best.get("best_f1", 0.0) <= no_answer_share + 1e-9:
-            null_threshold = min(gaps.values()) - 1.0
-    predictions, _ = final_answers(examples, decoded, version_2=True, null_threshold=null_threshold)
-    na_probs = {qid: no_answer_probability(gap, null_threshold) for qid, gap in gaps.items()}
-    metrics = dict(squad_v2_evaluate(dataset, predictions, na_probs=na_probs))
-    metrics["exact_match"] = metrics["exact"]
-    metrics["null_threshold"] = null_threshold
-    metrics["null_threshold_tuned_on_eval"] = tuned
-    return QAEvalResult(metrics=metrics, predictions=predictions, na_probs=na_probs,
-                        null_threshold=null_threshold)
+    answers = {ex.id: (d.best.text if d.best else "") for ex, d in zip(examples, decoded, strict=True)}
+    gaps = {ex.id: (float(d.score_diff) if np.isfinite(d.score_diff) else 1e6)
+            for ex, d in zip(examples, decoded, strict=True)}
+    return score_answers(examples, answers, gaps, version_2, null_threshold)
 
 
 def eval_result(result: QAEvalResult, version_2: bool) -> EvalResult:
     """The generic result: metrics, the official prediction files, the threshold the run keeps."""
-    files: dict[str, Any] = {"predictions.json": result.predictions}
-    if version_2:
-        files["na_probs.json"] = result.na_probs
-    return EvalResult(metrics=result.metrics, files=files, record={"null_threshold": result.null_threshold})
-
-
-# -- qatune score: the official metrics of prediction files ------------------------------------------
-
-def _read_json_map(path: str, what: str) -> dict[str, Any]:
-    """A JSON object file read through the shared safe parser, errors naming the file."""
-    from qatune.data.jsonio import parse_json, unreadable
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{what} file {p} does not exist")
-    try:
-        data = parse_json(p.read_text(encoding="utf-8"), f"{what} file {p}")
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{what} file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise unreadable(f"{what} file {p}", exc) from None
-    if not isinstance(data, dict):
-        raise DataError(f"{what} file {p} must be a JSON object mapping question id -> value, "
-                        f"got a {type(data).__name__}")
-    return data
-
-
-def read_predictions(path: str) -> dict[str, str]:
-    """``{question_id: answer_text}``; any other value is a DataError naming the file and the id."""
-    from qatune.data.jsonio import short_repr
-
-    preds = _read_json_map(path, "predictions")
-    for qid, value in preds.items():
-        if not isinstance(value, str):
-            raise DataError(f"predictions file {path}: answer for id {qid!r} is not a string (got "
-                            f'{short_repr(value)}); give {{"question id": "answer text", ...}} ("" for no answer)')
-    return preds
-
-
-def read_na_probs(path: str) -> dict[str, float]:
-    """``{question_id: no-answer probability}``: finite numbers only, so no ``Infinity`` reaches the output."""
-    from qatune.data.jsonio import short_repr
-
-    na_probs = _read_json_map(path, "na-probs")
-    for qid, value in na_probs.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DataError(f"na-probs file {path}: value for id {qid!r} is {short_repr(value)}, not a number; "
-                            "give a no-answer probability per question id")
-        if not math.isfinite(value):
-            raise DataError(f"na-probs file {path}: value for id {qid!r} is {value}, not a finite number; "
-                            "give a no-answer probability (e.g. between 0 and 1) per question id")
-    return na_probs
-
-
-def score_files(data: str, predictions: str, na_probs: str | None = None, na_prob_thresh: float = 1.0,
-                version: str | None = None) -> dict[str, Any]:
-    """The official SQuAD metrics of a predictions file (and, for v2.0, a no-answer probabilities file)
-    against the raw SQuAD JSON: the data file's declared version, else 2.0 when a question is unanswerable
-    or no-answer probabilities are given."""
-    from qatune.errors import ConfigError
-    from qatune.tasks.extractive_qa.squad import load_squad_for_scoring
-    from qatune.tasks.extractive_qa.squad_metrics import is_squad_v2, squad_v1_evaluate, squad_v2_evaluate
-
-    dataset, declared = load_squad_for_scoring(data)
-    preds = read_predictions(predictions)
-    probs = read_na_probs(na_probs) if na_probs else None
-    if version is None and declared == "1.1" and probs is not None:
-        raise ConfigError(f"--na-probs is for SQuAD v2.0 scoring, but {data} declares version 1.1 (every "
-                          "question has an answer); drop --na-probs, or pass --version 2.0 to use v2.0 rules")
-    version = version or declared or ("2.0" if is_squad_v2(dataset) or probs is not None else "1.1")
-    if version == "1.1":
-        return dict(squad_v1_evaluate(dataset, preds))
-    return dict(squad_v2_evaluate(dataset, preds, na_probs=probs, na_prob_thresh=na_prob_thresh,
-                                  na_probs_source=na_probs))
+    return EvalResult(metrics=result.metrics, files=result.files(version_2), record={"null_threshold": result.null_threshold})

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from qatune.data.squad.squad_types import QAExample
 from qatune.tasks.extractive_qa.features import QAFeatures, build_features
 from qatune.tasks.extractive_qa.postprocess import decode
-from qatune.tasks.extractive_qa.types import QAExample
 
 
 @dataclass

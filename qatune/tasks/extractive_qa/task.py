@@ -13,12 +13,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from qatune.data.squad.squad_types import LoadReport, QAExample
 from qatune.tasks.base import EvalResult, ExportSignature, ModelSpec, ReportColumn, ReportSpec
 from qatune.tasks.extractive_qa.features import QAFeatures, build_features, collate, length_grouped_batches
 from qatune.tasks.extractive_qa.options import QAOptions, resolve_options
 from qatune.tasks.extractive_qa.postprocess import decode
 from qatune.tasks.extractive_qa.scoring import QAEvalResult, eval_result, score_predictions  # noqa: F401 - API
-from qatune.tasks.extractive_qa.types import LoadReport, QAExample
 
 
 def _pct(v: float) -> str:
@@ -59,7 +59,7 @@ class ExtractiveQATask:
 
     def read(self, source: str, max_samples: int | None, split: str | None = None
              ) -> tuple[list[QAExample], LoadReport]:
-        from qatune.tasks.extractive_qa.squad import load_qa_examples
+        from qatune.data.squad.squad_schema import load_qa_examples
 
         return load_qa_examples(source, max_samples=max_samples, split=split)
 
@@ -68,7 +68,7 @@ class ExtractiveQATask:
     def write_examples(self, examples: Sequence[QAExample], report: LoadReport, path: Any) -> None:
         """SQuAD JSON (the reader reads it back to the same examples)."""
         from qatune.core.jsonio import write_json
-        from qatune.tasks.extractive_qa.squad import examples_to_squad_json
+        from qatune.data.squad.squad_schema import examples_to_squad_json
 
         write_json(path, examples_to_squad_json(list(examples), report.version))
 

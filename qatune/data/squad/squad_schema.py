@@ -25,8 +25,8 @@ from typing import Any
 
 from qatune.data.jsonio import short_repr
 from qatune.data.readers import Record, RecordSchema, check_max_samples, iter_flat, open_records, read_json
+from qatune.data.squad.squad_types import GoldAnswer, LoadReport, QAExample
 from qatune.errors import DataError
-from qatune.tasks.extractive_qa.types import GoldAnswer, LoadReport, QAExample
 
 __all__ = [
     "SQUAD_SCHEMA",

@@ -1,0 +1,260 @@
+"""The causal LM as qatune drives it: answer-only loss, batched greedy generation with the KV cache, beam
+search, and the log-likelihood of a fixed continuation (the no-answer text).
+
+Every batch is left-padded (padding first, each prompt ending at the right edge) with position ids that
+start at 0 on each row's first real token, so a padded row computes what it would alone. The loss and the
+scoring ask the model for the logits of the last ``k + 1`` positions only (``logits_to_keep``): a
+vocabulary of 49k x every prompt token would cost more than the model itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from qatune.core.batching import sorted_batches
+from qatune.tasks.generative_qa.prompts import Generation
+
+
+class CausalLM(torch.nn.Module):
+    """The task's forward pass: ``(logits of the last logits_to_keep positions, KV cache)``.
+
+    A PEFT model is called through its base model, where the adapter layers sit in place (LoRA, LoHa,
+    IA3): PEFT's own wrapper forward does not pass a KV cache through unchanged in every version.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        lm = self.lm
+        params = inspect.signature(lm.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
+
+    @property
+    def lm(self) -> Any:
+        get = getattr(self.model, "get_base_model", None)
+        return get() if callable(get) and hasattr(self.model, "peft_config") else self.model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                cache: Any = None, use_cache: bool = False, logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
+        kwargs = {self._cache_arg: cache} if cache is not None else {}
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+        return out.logits, (out.get("cache") or out.get("past_key_values")) if use_cache else None
+
+
+def left_pad(rows: Sequence[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids`` (0 at each row's first token)."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+            "position_ids": torch.from_numpy(positions)}
+
+
+def continuation_batch(prompts: Sequence[np.ndarray], continuations: Sequence[np.ndarray], pad_id: int
+                       ) -> dict[str, torch.Tensor]:
+    """prompt + continuation, left-padded, with ``labels``: the continuation right-aligned, -100 elsewhere
+    (so only continuation tokens are ever scored: the prompt's tokens get no loss term)."""
+    batch = left_pad([np.concatenate([p, c]) for p, c in zip(prompts, continuations, strict=True)], pad_id)
+    k = max(len(c) for c in continuations)
+    labels = np.full((len(continuations), k), -100, dtype=np.int64)
+    for i, c in enumerate(continuations):
+        if len(c):
+            labels[i, k - len(c):] = c
+    batch["labels"] = torch.from_numpy(labels)
+    return batch
+
+
+def continuation_logits(module: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits predicting each label position: ``(batch, k, vocab)``; position j of the last k+1 predicts j+1."""
+    k = batch["labels"].shape[1]
+    logits, _ = module(batch["input_ids"], batch["attention_mask"], batch["position_ids"], logits_to_keep=k + 1)
+    return logits[:, -(k + 1):-1].float()
+
+
+def answer_loss(module: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (and their EOS) of the batch."""
+    logits = continuation_logits(module, batch)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
+                                             ignore_index=-100)
+
+
+@torch.inference_mode()
+def score_continuations(module: Any, prompts: Sequence[np.ndarray], continuations: Sequence[np.ndarray],
+                        pad_id: int, batch_size: int, device: Any, precision: str) -> np.ndarray:
+    """Sum of log-probabilities of each continuation given its prompt."""
+    from qatune import runtime
+
+    out = np.zeros(len(prompts), dtype=np.float64)
+    lengths = np.array([len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)])
+    for indices in sorted_batches(lengths, batch_size):
+        batch = {k: v.to(device) for k, v in continuation_batch([prompts[i] for i in indices],
+                                                                [continuations[i] for i in indices], pad_id).items()}
+        with runtime.autocast(device, precision):
+            logits = continuation_logits(module, batch)
+        labels = batch["labels"]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        sums = (logp * (labels >= 0)).sum(-1).double().cpu().numpy()
+        out[list(indices)] = sums
+    return out
+
+
+@torch.inference_mode()
+def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_size: int, device: Any,
+           precision: str, no_answer: Sequence[int] | None = None, progress: bool = False
+           ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Greedy answers: per prompt the generated tokens (the stop token included when one was reached), their
+    summed log-probability, and the summed log-probability of the ``no_answer`` tokens (NaN without).
+
+    Batches of similar length, left-padded; one forward pass over the prompts, then one per new token over
+    the KV cache; a batch ends when every row has stopped or ``max_new_tokens`` is reached. With
+    ``no_answer`` (SQuAD v2) its tokens are scored on the prompts' cache, the cache is cropped back to the
+    prompts, and the first answer token may not be the no-answer text's first token: every question then has
+    a real answer candidate and a no-answer likelihood, whose difference the threshold decides on.
+    """
+    from tqdm.auto import tqdm
+
+    from qatune import runtime
+
+    tokens: list[np.ndarray] = [np.zeros(0, np.int64)] * len(prompts)
+    logprobs = np.zeros(len(prompts), dtype=np.float64)
+    no_answer_lp = np.full(len(prompts), np.nan)
+    stops = torch.tensor(gen.stop_ids, device=device)
+    batches = list(sorted_batches(np.array([len(p) for p in prompts]), batch_size))
+    for indices in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+        feeds = {k: v.to(device) for k, v in left_pad([prompts[i] for i in indices], gen.pad_id).items()}
+        mask, positions = feeds["attention_mask"], feeds["position_ids"][:, -1:]
+        rows = feeds["input_ids"].shape[0]
+        with runtime.autocast(device, precision):
+            logits, cache = module(feeds["input_ids"], mask, feeds["position_ids"], use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        if no_answer:
+            text = torch.tensor(list(no_answer), device=device).expand(rows, -1)
+            score = first.gather(-1, text[:, :1])[:, 0].double()
+            if text.shape[1] > 1:
+                extra = torch.ones((rows, text.shape[1] - 1), dtype=mask.dtype, device=device)
+                steps_pos = positions + torch.arange(1, text.shape[1], device=device)
+                with runtime.autocast(device, precision):
+                    more, cache = module(text[:, :-1], torch.cat([mask, extra], dim=1), steps_pos, cache=cache,
+                                         use_cache=True)
+                logp = torch.log_softmax(more.float(), dim=-1)
+                score += logp.gather(-1, text[:, 1:, None])[..., 0].double().sum(-1)
+                cache.crop(-(text.shape[1] - 1))  # back to the prompts: the answer is generated from there
+            no_answer_lp[list(indices)] = score.cpu().numpy()
+            first[:, int(no_answer[0])] = -torch.inf
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        total = torch.zeros(rows, dtype=torch.float64, device=device)
+        steps: list[torch.Tensor] = []
+        logp = first
+        for step in range(gen.max_new_tokens):
+            if step:
+                logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            chosen = logp.argmax(-1)
+            total += torch.where(done, 0.0, logp.gather(-1, chosen[:, None])[:, 0].double())
+            chosen = torch.where(done, gen.pad_id, chosen)
+            steps.append(chosen)
+            done |= torch.isin(chosen, stops)
+            if bool(done.all()) or step + 1 == gen.max_new_tokens:
+                break
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+            positions = positions + 1
+            with runtime.autocast(device, precision):
+                logits, cache = module(chosen[:, None], mask, positions, cache=cache, use_cache=True)
+        generated = torch.stack(steps, dim=1).cpu().numpy()
+        stop_set = set(gen.stop_ids)
+        for row, i in enumerate(indices):
+            seq = generated[row]
+            end = next((j + 1 for j, t in enumerate(seq) if int(t) in stop_set), len(seq))
+            tokens[i] = seq[:end].astype(np.int64)
+            logprobs[i] = float(total[row])
+    return tokens, logprobs, no_answer_lp
+
+
+@torch.inference_mode()
+def beam(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_size: int, device: Any,
+         precision: str, progress: bool = False) -> list[np.ndarray]:
+    """Beam search through transformers' ``generate`` (same left padding and stop tokens); the best beam's
+    tokens per prompt, the stop token included when reached."""
+    from tqdm.auto import tqdm
+
+    from qatune import runtime
+
+    tokens: list[np.ndarray] = [np.zeros(0, np.int64)] * len(prompts)
+    stop_set = set(gen.stop_ids)
+    batches = list(sorted_batches(np.array([len(p) for p in prompts]), batch_size))
+    for indices in tqdm(batches, desc="generating (beam)", unit="batch", disable=not progress):
+        feeds = left_pad([prompts[i] for i in indices], gen.pad_id)
+        with runtime.autocast(device, precision):
+            out = module.lm.generate(input_ids=feeds["input_ids"].to(device),
+                                     attention_mask=feeds["attention_mask"].to(device),
+                                     num_beams=gen.num_beams, do_sample=False, max_new_tokens=gen.max_new_tokens,
+                                     eos_token_id=list(gen.stop_ids), pad_token_id=gen.pad_id)
+        new = out[:, feeds["input_ids"].shape[1]:].cpu().numpy()
+        for row, i in enumerate(indices):
+            seq = new[row]
+            end = next((j + 1 for j, t in enumerate(seq) if int(t) in stop_set), len(seq))
+            tokens[i] = seq[:end].astype(np.int64)
+    return tokens
+
+
+def generate_answers(module: Any, features: Any, batch_size: int, device: Any, precision: str,
+                     progress: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The runner's work for generative QA, per prompt: the answer tokens, their log-probability, and (SQuAD
+    v2) the log-probability of the no-answer text + EOS (NaN otherwise); see :func:`greedy`. Beam search
+    scores both by a second pass over prompt + continuation, its answers keep no-answer text's first token
+    allowed."""
+    gen: Generation = features.generation
+    prompts = features.prompt_ids
+    was_training = module.training
+    module.eval()
+    try:
+        if gen.num_beams > 1:
+            tokens = beam(module, prompts, gen, batch_size, device, precision, progress=progress)
+            logprobs = score_continuations(module, prompts, tokens, gen.pad_id, batch_size, device, precision)
+            no_answer = np.full(len(prompts), np.nan)
+            if gen.no_answer_ids is not None and len(prompts):
+                text = np.asarray(gen.no_answer_ids, dtype=np.int64)
+                no_answer = score_continuations(module, prompts, [text] * len(prompts), gen.pad_id, batch_size,
+                                                device, precision)
+        else:
+            tokens, logprobs, no_answer = greedy(module, prompts, gen, batch_size, device, precision,
+                                                 no_answer=gen.no_answer_ids, progress=progress)
+    finally:
+        module.train(was_training)
+    return (tokens, [np.array([x], dtype=np.float32) for x in logprobs],
+            [np.array([x], dtype=np.float32) for x in no_answer])
+
+
+@torch.inference_mode()
+def eval_loss(module: Any, features: Any, batch_size: int, device: Any, precision: str) -> float | None:
+    """Mean answer-token cross-entropy over labelled prompts (the validation loss)."""
+    from qatune import runtime
+
+    if features.target_ids is None or not len(features):
+        return None
+    was_training = module.training
+    module.eval()
+    total, count = 0.0, 0
+    try:
+        for indices in sorted_batches(features.lengths, batch_size):
+            batch = {k: v.to(device) for k, v in continuation_batch(
+                [features.prompt_ids[i] for i in indices], [features.target_ids[i] for i in indices],
+                features.generation.pad_id).items()}
+            with runtime.autocast(device, precision):
+                logits = continuation_logits(module, batch)
+            labels = batch["labels"].reshape(-1)
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels,
+                                                             ignore_index=-100, reduction="sum"))
+            count += int((labels >= 0).sum())
+    finally:
+        module.train(was_training)
+    return total / max(count, 1)
