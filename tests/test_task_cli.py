@@ -148,7 +148,7 @@ def test_predict_a_custom_task_from_flags_and_from_a_file(digit_run: Path, tmp_p
     rc, _, err = cli(capsys, "predict", digit_run, "--task", "qa", "--text", "a")
     assert_clean_error(rc, err, "--task qa: ", "is a run of task 'has_digit'")
     rc, _, err = cli(capsys, "predict", digit_run, "--question", "Who?", "--context", "Ana.")
-    assert_clean_error(rc, err, "--question is a request field of task(s) extractive_qa, not of this run's task "
+    assert_clean_error(rc, err, "--question is a request field of task(s) extractive_qa, generative_qa, not of this run's task "
                                 "'has_digit' (its fields: --text)")
     rc, _, err = cli(capsys, "predict", digit_run)
     assert_clean_error(rc, err, "give --text TEXT")
@@ -212,7 +212,7 @@ def test_request_flags_come_from_every_registered_task(tasks: None) -> None:
     from qatune.cli.predict_cmd import request_flags
 
     flags = request_flags()
-    assert flags["question"] == ["extractive_qa"] and flags["context"] == ["extractive_qa"]
+    assert flags["question"] == flags["context"] == ["extractive_qa", "generative_qa"]
     assert flags["text"] == ["classification", "has_digit", "share", "digits_zero"]  # one shared flag
     assert flags["features"] == ["classification"]
     assert get_task("share").request_fields == {"text": "the text"}
