@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default=None, help="load the run with this backend (hf, native) instead of the one "
+                   "it was trained with")
     p.add_argument("--no-progress", action="store_true")
     add_debug(p)
     p.set_defaults(handler=run)
@@ -28,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(args.run, args.data, max_eval_samples=args.max_eval_samples, output=args.output,
                            null_threshold=args.null_threshold, batch_size=args.batch_size, device=args.device,
-                           precision=args.precision, progress=not args.no_progress)
+                           precision=args.precision, progress=not args.no_progress, backend=args.backend)
     print_json(metrics)
     return 0

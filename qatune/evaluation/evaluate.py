@@ -15,7 +15,7 @@ from qatune.artifacts import RUN_CONFIG, read_run_config, write_json
 def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | None = None,
                  output: str | os.PathLike | None = None, batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", progress: bool = True, split: str | None = "validation",
-                 **task_options: Any) -> dict[str, Any]:
+                 backend: str | None = None, **task_options: Any) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` plus the task's files (QA: ``predictions.json``, and
     ``na_probs.json`` for v2) to ``output``. ``task_options`` go to the task's predictor, e.g.
     ``null_threshold`` (QA: for SQuAD v2 data the no-answer threshold is tuned on this data unless given).
@@ -23,6 +23,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     ``output`` follows qatune's write rule (qatune/rundir.py): a new or empty folder or an earlier
     evaluation; never the run itself (its metrics.json holds the training metrics) nor a folder holding the
     run or its base model. A subfolder of the run (``RUN/eval``) is fine: it touches none of the run's files.
+    ``backend``: load the model with this backend instead of the run's own (e.g. a native run under hf).
     """
     from qatune.config import RANGES
     from qatune.inference.loader import BATCH_SIZE, load_predictor, task_of
@@ -34,6 +35,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     check_option("max_eval_samples", max_eval_samples, RANGES["max_eval_samples"], integer=True)
     check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
     check_device(device)
+    if backend is not None:
+        from qatune.backends import get_backend
+
+        get_backend(backend)  # an unknown name fails before anything is read
     task = task_of(read_run_config(run_dir))
     options = {k: v for k, v in task_options.items() if v is not None}
     task.check_options(options)  # the task's own (QA: null_threshold)
@@ -44,7 +49,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
         rundir.check_output(output, "evaluation", **guard)  # before anything loads: fail fast, change nothing
     examples, report = task.read(data, max_eval_samples, split=split)
     print(f"qatune: {report.summary()}", file=sys.stderr, flush=True)
-    predictor = load_predictor(run_dir, device=device, precision=precision)
+    predictor = load_predictor(run_dir, device=device, precision=precision, backend=backend)
     out = rundir.prepare_output(output, "evaluation", **guard) if output else None
     t0 = time.perf_counter()
     result = predictor.evaluate(examples, batch_size=batch_size, progress=progress, report=report, **options)

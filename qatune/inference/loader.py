@@ -62,9 +62,11 @@ def task_of(run_cfg: dict[str, Any]) -> Task:
     return get_task(str(run_cfg.get("task") or "extractive_qa"))
 
 
-def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0
-                   ) -> tuple[Any, Any, dict[str, Any]]:
-    """``(model, tokenizer, run_config)`` from a run dir, by the run's backend; adapters merged when possible."""
+def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0,
+                   backend: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, tokenizer, run_config)`` from a run dir, by the run's backend (or ``backend``: runs of every
+    backend are standard Hugging Face / PEFT files, so another backend may load them); adapters merged
+    when possible."""
     from qatune.methods import registry
 
     path = Path(run_dir)
@@ -72,18 +74,19 @@ def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dro
     task = task_of(run_cfg)
     try:
         method = registry.get(str(run_cfg.get("method", "full")))
-        backend = get_backend(str(run_cfg.get("backend") or "hf"))
+        engine = get_backend(str(backend or run_cfg.get("backend") or "hf"))
     except ConfigError as exc:
         raise ModelError(f"{path}: {exc}") from None
-    model, tokenizer = backend.load_run(path, run_cfg, task.model, method, merge=merge,
+    model, tokenizer = engine.load_run(path, run_cfg, task.model, method, merge=merge,
                                         attention_dropout=attention_dropout)
     return model, tokenizer, run_cfg
 
 
 def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str = "auto", merge: bool = True,
-                   **options: Any) -> Predictor:
+                   backend: str | None = None, **options: Any) -> Predictor:
     """The run's task predictor (``options`` are the task's, e.g. ``null_threshold`` for QA) over a
-    PyTorch runner, or over any runner a RUNNER_LOADERS entry knows (ONNX exports)."""
+    PyTorch runner, or over any runner a RUNNER_LOADERS entry knows (ONNX exports). ``backend``: load the
+    model with this backend instead of the one the run was trained with."""
     from qatune.runtime import check_device
 
     check_device(device)  # the options first: a typo fails before minutes of loading
@@ -97,7 +100,7 @@ def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str
     if precision not in PRECISIONS:
         raise ConfigError(f"option 'precision' (--precision): {precision!r} is not a precision a PyTorch run "
                           f"runs in; use {', '.join(PRECISIONS)}")
-    model, tokenizer, run_cfg = load_run_model(run_dir, merge=merge)
+    model, tokenizer, run_cfg = load_run_model(run_dir, merge=merge, backend=backend)
     task = task_of(run_cfg)
     runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True, task=task)  # the model is ours alone
     return task.predictor(runner, tokenizer, run_cfg, **options)
