@@ -109,6 +109,20 @@ def test_predict_and_reload_agree(native_runs: dict[str, Path], capsys: pytest.C
     assert native.text in out
 
 
+def test_serve_answers_with_a_native_run(native_runs: dict[str, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from qatune.serve import create_app
+
+    predictor = qatune.load(str(native_runs["lora-last1"]), device="cpu", precision="fp32")
+    expected = predictor.answer("Who founded the bakery?", CONTEXT)
+    with TestClient(create_app(predictor, run_dir=native_runs["lora-last1"])) as client:
+        reply = client.post("/v1/answer", json={"question": "Who founded the bakery?", "context": CONTEXT})
+    assert reply.status_code == 200, reply.text
+    best = reply.json()["answer"]
+    assert (best["text"], best["start"], best["end"]) == (expected.text, expected.start, expected.end)
+
+
 def test_an_hf_lora_run_loads_on_the_native_backend(tiny_lora_run: Path, tmp_path: Path) -> None:
     hf = qatune.evaluate(str(tiny_lora_run), DEV, max_eval_samples=20, output=str(tmp_path / "h"), progress=False,
                          precision="fp32")
