@@ -201,3 +201,25 @@ def test_sequence_classification_head(tiny_model_dir: Path, tmp_path: Path) -> N
     loaded, _ = backend.load_run(run, {"model": str(base), "base_model_path": str(base)}, spec, method)
     assert loaded.config.id2label == {0: "bad", 1: "ok", 2: "good"}
     assert torch.allclose(loaded(ids, (ids != 0).long()).logits, expected, atol=1e-5)
+
+
+def test_interrupted_native_training_resumes_to_the_same_result(tiny_model_dir: Path, tmp_path: Path,
+                                                                one_thread: None) -> None:
+    from qatune.training.checkpoint import CheckpointError
+
+    def run(out: Path, **kw: object) -> object:
+        return qatune.train(dict(model=str(tiny_model_dir), method="lora", backend="native", train=TRAIN, eval=DEV,
+                                 output=str(out), max_train_samples=40, max_eval_samples=8, epochs=2, batch_size=8,
+                                 learning_rate=5e-3, max_seq_length=128, doc_stride=32, precision="fp32",
+                                 device="cpu", tracking=False, num_threads=1) | kw, progress=False)
+
+    whole = run(tmp_path / "a")
+    out = tmp_path / "b"
+    assert run(out, stop_after_steps=3).status == "stopped"
+    with pytest.raises(CheckpointError, match="backend: 'native' -> 'hf'"):
+        run(out, resume=True, backend="hf")
+    resumed = run(out, resume=True)
+    assert resumed.status == "finished"
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-6)
+        assert (b["exact_match"], b["f1"]) == (a["exact_match"], a["f1"])
