@@ -15,6 +15,7 @@ ratio of total times and, in brackets, the median of the per-batch ratios (robus
 
     python bench/native_vs_hf.py --threads 2 --batch-sizes 16 32
     python bench/native_vs_hf.py --profile      # torch.profiler tables for one HF and one native step
+    python bench/native_vs_hf.py --profile --batching grouped --modes full   # at qatune's training shapes
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def main() -> None:
         hf_dir = Path(tmp) / "minilm-qa"  # one QA head, shared by both: the same weights everywhere
         transformers.AutoModelForQuestionAnswering.from_pretrained(base).save_pretrained(hf_dir)
         if args.profile:
-            data = batches(lengths, args.batch_sizes[0], 3, grouped=False, seed=1)
+            data = batches(lengths, args.batch_sizes[0], 3, grouped=args.batching[0] == "grouped", seed=1)
             for mode in args.modes:
                 profile(hf_dir, data, "infer" if mode == "infer" else "train", "lora" if mode == "lora" else "full")
             return

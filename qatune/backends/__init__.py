@@ -1,4 +1,4 @@
-"""Backend registry: model families qatune trains and loads (``hf``: transformers + PEFT)."""
+"""Backend registry: model families qatune trains and loads (``hf``: transformers + PEFT; ``native``: qatune.native BERT + LoRA)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,14 @@ def _hf() -> Backend:
     return HFBackend()
 
 
+def _native() -> Backend:
+    from qatune.backends.native import NativeBackend
+
+    return NativeBackend()
+
+
 _backends.register("hf", _hf)
+_backends.register("native", _native)
 
 
 def register_backend(name: str, factory: Callable[[], Any], replace: bool = False) -> None:

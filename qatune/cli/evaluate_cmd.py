@@ -17,7 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "model alias/folder for a zero-shot task)")
     p.add_argument("--data", required=True, help="labelled evaluation data in a format the task reads")
     p.add_argument("--task", default=None, help="the task: checked against a run's; required for a base model")
-    p.add_argument("--backend", default="hf", help="backend that loads a base model (zero-shot; default hf)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="the first N questions")
     p.add_argument("--output", default=None, help="new or empty directory (or an earlier evaluation) for predictions.json and "
                    "metrics.json; not the run itself, whose metrics.json holds the training metrics (use RUN/eval)")
@@ -27,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default=None, help="load the run with this backend (hf, native) instead of the one "
+                   "it was trained with; for a base model (zero-shot), the backend that loads it (default hf)")
     p.add_argument("--no-progress", action="store_true")
     add_debug(p)
     p.set_defaults(handler=run)

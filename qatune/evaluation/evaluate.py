@@ -16,7 +16,7 @@ from qatune.core.jsonio import finite_or_null
 def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | None = None,
                  output: str | os.PathLike | None = None, batch_size: int = 64, device: str = "auto",
                  precision: str = "auto", progress: bool = True, split: str | None = "validation",
-                 task: str | None = None, backend: str = "hf", **task_options: Any) -> dict[str, Any]:
+                 task: str | None = None, backend: str | None = None, **task_options: Any) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` plus the task's files (QA: ``predictions.json``, and
     ``na_probs.json`` for v2) to ``output``. ``task_options`` go to the task's predictor, e.g.
     ``null_threshold`` (QA: for SQuAD v2 data the no-answer threshold is tuned on this data unless given).
@@ -28,6 +28,8 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     ``task``: with a run, it must be the run's task; with a model that is not a run (an alias, a model
     folder), the base model is evaluated as it is under ``backend`` (zero-shot), which only a task that
     declares ``zero_shot`` allows.
+    ``backend``: load the model with this backend instead of the run's own (e.g. a native run under hf);
+    for a zero-shot model, the backend to load it with (default hf).
     """
     from qatune.config import RANGES
     from qatune.inference.loader import BATCH_SIZE, is_run, load_base_predictor, load_predictor, task_of
@@ -41,6 +43,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     check_option("max_eval_samples", max_eval_samples, RANGES["max_eval_samples"], integer=True)
     check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
     check_device(device)
+    if backend is not None:
+        from qatune.backends import get_backend
+
+        get_backend(backend)  # an unknown name fails before anything is read
     zero_shot = task is not None and not is_run(run_dir)
     if zero_shot:
         chosen = get_task(task)
@@ -68,9 +74,9 @@ def evaluate_run(run_dir: str | os.PathLike, data: str, max_eval_samples: int | 
     examples, report = chosen.read(data, max_eval_samples, split=split)
     print(f"qatune: {report.summary()}", file=sys.stderr, flush=True)
     if zero_shot:
-        predictor = load_base_predictor(str(run_dir), chosen.name, backend, device=device, precision=precision)
+        predictor = load_base_predictor(str(run_dir), chosen.name, backend or "hf", device=device, precision=precision)
     else:
-        predictor = load_predictor(run_dir, device=device, precision=precision)
+        predictor = load_predictor(run_dir, device=device, precision=precision, backend=backend)
     out = rundir.prepare_output(output, "evaluation", **guard) if output else None
     t0 = time.perf_counter()
     result = predictor.evaluate(examples, batch_size=batch_size, progress=progress, report=report, **options)

@@ -112,9 +112,11 @@ def load_base_predictor(model: str, task_name: str, backend: str = "hf", device:
     return task.predictor(runner, tokenizer, run_cfg, **options)
 
 
-def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0
-                   ) -> tuple[Any, Any, dict[str, Any]]:
-    """``(model, tokenizer, run_config)`` from a run dir, by the run's backend; adapters merged when possible."""
+def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dropout: float | None = 0.0,
+                   backend: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, tokenizer, run_config)`` from a run dir, by the run's backend (or ``backend``: runs of every
+    backend are standard Hugging Face / PEFT files, so another backend may load them); adapters merged
+    when possible."""
     from qatune.methods import registry
 
     path = Path(run_dir)
@@ -122,22 +124,24 @@ def load_run_model(run_dir: str | os.PathLike, merge: bool = True, attention_dro
     task = task_of(run_cfg, path)
     try:
         method = registry.get(str(run_cfg.get("method", "full")))
-        backend = get_backend(str(run_cfg.get("backend") or "hf"))
+        engine = get_backend(str(backend or run_cfg.get("backend") or "hf"))
     except ConfigError as exc:
         raise ModelError(f"{path}: {exc}") from None
-    model, tokenizer = backend.load_run(path, run_cfg, task.model, method, merge=merge,
+    model, tokenizer = engine.load_run(path, run_cfg, task.model, method, merge=merge,
                                         attention_dropout=attention_dropout)
     model.qatune_run_dir = str(path)  # where a task's own files are (e.g. a classifier head), for task.wrap
     return model, tokenizer, run_cfg
 
 
 def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str = "auto", merge: bool = True,
-                   tracking_uri: str | None = None, **options: Any) -> Predictor:
+                   tracking_uri: str | None = None, backend: str | None = None,
+                   **options: Any) -> Predictor:
     """The run's task predictor (``options`` are the task's, e.g. ``null_threshold`` for QA) over a
     PyTorch runner, or over any runner a RUNNER_LOADERS entry knows (ONNX exports).
 
     ``path`` may also be an MLflow model URI of a qatune run (``models:/NAME/3``, ``runs:/ID/model``): it is
-    downloaded from ``tracking_uri`` (default ``MLFLOW_TRACKING_URI``) into a fresh temporary folder first."""
+    downloaded from ``tracking_uri`` (default ``MLFLOW_TRACKING_URI``) into a fresh temporary folder first.
+    ``backend``: load the model with this backend instead of the one the run was trained with."""
     from qatune.runtime import check_device
     from qatune.tracking.mlflow_model import download_model, is_model_uri
 
@@ -154,7 +158,7 @@ def load_predictor(path: str | os.PathLike, device: str = "auto", precision: str
     if precision not in PRECISIONS:
         raise ConfigError(f"option 'precision' (--precision): {precision!r} is not a precision a PyTorch run "
                           f"runs in; use {', '.join(PRECISIONS)}")
-    model, tokenizer, run_cfg = load_run_model(run_dir, merge=merge)
+    model, tokenizer, run_cfg = load_run_model(run_dir, merge=merge, backend=backend)
     task = task_of(run_cfg, run_dir)
     runner = TorchRunner(model, tokenizer, device, precision, bf16_weights=True, task=task)  # the model is ours alone
     return task.predictor(runner, tokenizer, run_cfg, **options)

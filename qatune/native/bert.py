@@ -410,11 +410,14 @@ class BertModel(BertPreTrainedModel):
             raise ModelError(f"input of {length} tokens is longer than max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
         positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        # a trace (ONNX export) records one path for every input: always the mask, never the data-dependent skip
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         key_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (tracing or not bool(attention_mask.all())):
             key_mask = attention_mask.bool().view(batch, 1, 1, length)
-        padding = 0.0 if key_mask is None else 1.0 - float(attention_mask.sum()) / attention_mask.numel()
-        if not self.skip_padding or padding < self.SKIP_PADDING_MIN:
+        skip = self.skip_padding and key_mask is not None and not tracing and (
+            1.0 - float(attention_mask.sum()) / attention_mask.numel() >= self.SKIP_PADDING_MIN)
+        if not skip:
             tokens = Tokens(batch, length, key_mask)
             hidden = self.embeddings(input_ids, token_type_ids, positions)
             hidden = self.encoder(hidden, tokens)
