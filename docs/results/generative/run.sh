@@ -8,7 +8,7 @@ D=../shared/data/squad
 N=${N:-32}            # training questions: the first N of train-v1.1
 E=${E:-50}            # evaluation questions: the first E of dev-v1.1 and of dev-v2.0
 R=${R:-runs/gen-compare}
-OUT=docs/results/generative
+OUT=${OUT:-docs/results/generative}
 STEPS=${STEPS:-"zs-v1.1 minilm gen-train gen-v1.1 zs-v2.0 gen-v2.0"}
 q() { /usr/bin/time -f "%e s wall, %M KB peak RSS" nice -n 5 python -m qatune "$@"; }
 file_of() { [ "$1" = v1.1 ] && echo "$D/dev-v1.1.json.gz" || echo "$D/dev-v2.0.reconstructed.json.gz"; }
