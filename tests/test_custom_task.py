@@ -26,6 +26,7 @@ from qatune.tasks import (
     EvalResult,
     ExportSignature,
     ModelSpec,
+    OneWindowPerExample,
     ReportColumn,
     ReportSpec,
     get_task,
@@ -53,26 +54,10 @@ class Report:
 
 
 @dataclass
-class Windows:
+class Windows(OneWindowPerExample):
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
     labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
-
-    @property
-    def example_index(self) -> np.ndarray:
-        return np.arange(len(self))
-
-    def subset(self, indices: Sequence[int]) -> Windows:
-        idx = list(indices)
-        types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
-        return Windows([self.input_ids[i] for i in idx], types, self.labels[idx])
 
 
 class Logits:
@@ -344,3 +329,17 @@ def test_task_names_are_checked_like_method_names() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_task("extractive_qa", DigitTask)
     assert dataclasses.is_dataclass(get_task("qa").options_type)  # the alias names the same task
+
+
+def test_one_window_per_example_gives_the_window_bookkeeping_from_the_fields() -> None:
+    """The features mixin the custom task uses (qatune.tasks.OneWindowPerExample): lengths, the identity
+    window -> example map, and subset taking the same rows of every per-example field."""
+    ids = [np.arange(n, dtype=np.int64) for n in (3, 5, 2)]
+    windows = Windows(ids, None, np.array([0, 1, 1]))
+    assert len(windows) == 3 and windows.lengths.tolist() == [3, 5, 2]
+    assert windows.example_index.tolist() == [0, 1, 2]
+    part = windows.subset([2, 0])
+    assert isinstance(part, Windows) and part.token_type_ids is None
+    assert [x.tolist() for x in part.input_ids] == [[0, 1], [0, 1, 2]] and part.labels.tolist() == [1, 0]
+    typed = Windows(ids, [np.zeros(n, np.int64) + n for n in (3, 5, 2)], np.array([0, 1, 1])).subset([1])
+    assert [t.tolist() for t in typed.token_type_ids] == [[5] * 5] and len(typed.subset([])) == 0

@@ -18,14 +18,15 @@ from qatune.tasks.base import (
     ExportSignature,
     ExtraInput,
     ModelSpec,
+    OneWindowPerExample,
     Predictor,
     ReportColumn,
     ReportSpec,
     Task,
 )
 
-__all__ = ["EvalResult", "ExportSignature", "ExtraInput", "ModelSpec", "Predictor", "ReportColumn", "ReportSpec", "Task",
-           "get_task", "register_task", "task_names", "unregister_task"]
+__all__ = ["EvalResult", "ExportSignature", "ExtraInput", "ModelSpec", "OneWindowPerExample", "Predictor", "ReportColumn",
+           "ReportSpec", "Task", "get_task", "register_task", "task_names", "unregister_task"]
 
 DEFAULT_TASK = "extractive_qa"
 _tasks: Registry[Task] = Registry("task")

@@ -121,6 +121,40 @@ class ReportSpec:
         return self.column(self.primary).header.split(" (")[0]
 
 
+class OneWindowPerExample:
+    """Mixin for a features dataclass with one token window per example (classification; a custom task): the
+    window bookkeeping the shared loop asks for (``len``, ``lengths``, ``example_index``, ``subset``), so a task
+    declares only its fields. The class must be a dataclass with ``input_ids`` (one array per example); every
+    list or array field must hold one entry per example (``subset`` takes those rows), anything else (``None``,
+    a setting) is kept as it is."""
+
+    input_ids: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
+
+    @property
+    def example_index(self) -> np.ndarray:
+        return np.arange(len(self))
+
+    def subset(self, indices: Sequence[int]) -> Any:
+        idx = list(indices)
+
+        def rows(value: Any) -> Any:
+            if isinstance(value, np.ndarray):
+                return value[idx]
+            if isinstance(value, list):
+                return [value[i] for i in idx]
+            return value
+
+        return dataclasses.replace(self, **{f.name: rows(getattr(self, f.name))
+                                            for f in dataclasses.fields(self) if f.init})
+
+
 class DataReport(Protocol):
     """What reading data did (counts, repairs, drops), shown to the user."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from qatune.errors import DataError
 
@@ -86,3 +86,15 @@ def parse_request(payload: Any, where: str) -> tuple[str, str]:
         if not value.strip():
             raise DataError(f"{where}: field '{key}' is empty")
     return question, context
+
+
+def examples_from_pairs(pairs: Sequence[Any]) -> list[QAExample]:
+    """Unlabelled examples (ids ``"0"``, ``"1"``, ...) for a predictor's ``answer_batch``: each item must be a
+    (question, context) pair, checked by :func:`parse_request`; DataError naming ``item N``."""
+    examples = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)):
+            raise DataError(f"item {i}: expected a (question, context) pair, got {type(pair).__name__}")
+        question, context = parse_request(pair, f"item {i}")
+        examples.append(QAExample(id=str(i), question=question, context=context))
+    return examples

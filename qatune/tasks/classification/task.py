@@ -20,7 +20,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from qatune.errors import ConfigError, DataError, ModelError
-from qatune.tasks.base import EvalResult, ExportSignature, ExtraInput, ModelSpec, ReportColumn, ReportSpec
+from qatune.tasks.base import (
+    EvalResult,
+    ExportSignature,
+    ExtraInput,
+    ModelSpec,
+    OneWindowPerExample,
+    ReportColumn,
+    ReportSpec,
+)
 from qatune.tasks.classification.data import (
     ClassifyExample,
     ClassifyReport,
@@ -47,7 +55,7 @@ def _f3(v: Any) -> str:
 
 
 @dataclass
-class ClassifyFeatures:
+class ClassifyFeatures(OneWindowPerExample):
     """Tokenized text per example plus its raw tabular values and label name (transformed per batch)."""
 
     input_ids: list[np.ndarray]
@@ -59,25 +67,6 @@ class ClassifyFeatures:
     # known (a trained run); the exporter and the ONNX runner read them by these names (ExtraInput)
     numeric: np.ndarray | None = None
     categorical: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
-
-    @property
-    def example_index(self) -> np.ndarray:
-        return np.arange(len(self))
-
-    def subset(self, indices: Sequence[int]) -> ClassifyFeatures:
-        idx = list(indices)
-        types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
-        return ClassifyFeatures([self.input_ids[i] for i in idx], types, self.raw_numeric[idx],
-                                [self.raw_categorical[i] for i in idx], [self.labels[i] for i in idx],
-                                None if self.numeric is None else self.numeric[idx],
-                                None if self.categorical is None else self.categorical[idx])
 
 
 @dataclass

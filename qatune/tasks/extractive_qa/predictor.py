@@ -15,8 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Sequence
 
-from qatune.data.squad.squad_types import Answer, QAExample, parse_request  # noqa: F401 - Answer: API
-from qatune.errors import DataError
+from qatune.data.squad.squad_types import Answer, QAExample, examples_from_pairs, parse_request  # noqa: F401 - Answer: API
 from qatune.ranges import Range, check_option
 from qatune.tasks.base import BATCH_SIZE, EvalResult, Runner
 from qatune.tasks.extractive_qa.features import build_features
@@ -129,12 +128,7 @@ class QAPipeline:
         """Answers for many (question, context) pairs; windows of all questions are batched together."""
         check_option("top_k", top_k, TOP_K, integer=True)
         check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
-        examples = []
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)):
-                raise DataError(f"item {i}: expected a (question, context) pair, got {type(pair).__name__}")
-            question, context = parse_request(pair, f"item {i}")
-            examples.append(QAExample(id=str(i), question=question, context=context))
+        examples = examples_from_pairs(pairs)
         if not examples:
             return []
         with self._lock:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qatune.data.squad.squad_scoring import QAEvalResult, score_answers, score_files  # noqa: F401 - API
+from qatune.data.squad.squad_scoring import QAEvalResult, score_answers
 from qatune.data.squad.squad_types import QAExample
 from qatune.tasks.base import EvalResult
 

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qatune.data.squad.squad_types import LoadReport, QAExample
+from qatune.data.squad.squad_task import SquadTaskMixin
+from qatune.data.squad.squad_types import QAExample
 from qatune.tasks.base import EvalResult, ExportSignature, ModelSpec, ReportColumn, ReportSpec
 from qatune.tasks.extractive_qa.features import QAFeatures, build_features, collate, length_grouped_batches
 from qatune.tasks.extractive_qa.options import QAOptions, resolve_options
@@ -25,7 +26,7 @@ def _pct(v: float) -> str:
     return f"{v:.1f}"
 
 
-class ExtractiveQATask:
+class ExtractiveQATask(SquadTaskMixin):
     name = "extractive_qa"
     section = "qa"
     options_type = QAOptions
@@ -52,47 +53,16 @@ class ExtractiveQATask:
     zero_shot = False  # a base model's fresh span head answers at random: train first
     # every `qatune predict --input` output line has these besides "id" (how --overwrite knows our files)
     response_keys = frozenset({"answer", "score", "start", "end", "no_answer"})
+    # v2 follows the *evaluation* data: training is the same either way (unanswerable questions are labelled
+    # at [CLS]); v2 switches on no-answer decoding, which must match the data being scored (training data
+    # decides only when there is no evaluation data)
+    squad_version_from = "eval"
 
     # -- options and data -----------------------------------------------------------------------------
     def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> QAOptions:
         return resolve_options(options, int(context.get("max_seq_length", 384)))
 
-    def read(self, source: str, max_samples: int | None, split: str | None = None
-             ) -> tuple[list[QAExample], LoadReport]:
-        from qatune.data.squad.squad_schema import load_qa_examples
-
-        return load_qa_examples(source, max_samples=max_samples, split=split)
-
-    load = read  # the name before the Task contract
-
-    def write_examples(self, examples: Sequence[QAExample], report: LoadReport, path: Any) -> None:
-        """SQuAD JSON (the reader reads it back to the same examples)."""
-        from qatune.core.jsonio import write_json
-        from qatune.data.squad.squad_schema import examples_to_squad_json
-
-        write_json(path, examples_to_squad_json(list(examples), report.version))
-
-    def data_info(self, report: LoadReport) -> dict[str, Any]:
-        return {"squad_version": report.version}
-
-    def prepare(self, options: QAOptions, train_report: Any, eval_report: Any) -> QAOptions:
-        """SQuAD v2 (no-answer) when the config says so, else when the data has unanswerable questions."""
-        import dataclasses
-
-        if options.version_2 is not None:
-            return options
-        report = eval_report or train_report
-        return dataclasses.replace(options, version_2=bool(report is not None and report.version == "2.0"))
-
-    def record(self, options: QAOptions) -> dict[str, Any]:
-        return {"version_2_model": bool(options.version_2), "null_threshold": options.null_threshold}
-
-    def score_files(self, data: str, predictions: str, na_probs: str | None = None, na_prob_thresh: float = 1.0,
-                    version: str | None = None) -> dict[str, Any]:
-        """The official SQuAD metrics of a predictions file (``qatune score``); see :func:`scoring.score_files`."""
-        from qatune.tasks.extractive_qa.scoring import score_files
-
-        return score_files(data, predictions, na_probs, na_prob_thresh, version)
+    load = SquadTaskMixin.read  # the name before the Task contract
 
     # -- training ------------------------------------------------------------------------------------
     def features(self, examples: Sequence[QAExample], tokenizer: Any, options: Any, max_seq_length: int | None = None,
@@ -181,19 +151,6 @@ class ExtractiveQATask:
         from qatune.tasks.extractive_qa.predictor import check_options
 
         check_options(options)
-
-    def parse_request(self, payload: Any, where: str) -> tuple[str, str]:
-        from qatune.tasks.extractive_qa.predictor import parse_request
-
-        return parse_request(payload, where)
-
-    def to_request(self, example: QAExample) -> dict[str, str]:
-        return {"question": example.question, "context": example.context}
-
-    def format_response(self, prediction: Any) -> Any:
-        if isinstance(prediction, list):
-            return [p.to_dict() for p in prediction]
-        return prediction.to_dict()
 
     def format_record(self, prediction: Any) -> dict[str, Any]:
         """A ``predict --input`` line: the best answer flat (``answer``, ``score``, offsets, ``no_answer``),

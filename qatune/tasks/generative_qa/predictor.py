@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qatune.data.squad.squad_types import Answer, QAExample, parse_request
-from qatune.errors import ConfigError, DataError
+from qatune.data.squad.squad_types import Answer, QAExample, examples_from_pairs, parse_request
+from qatune.errors import ConfigError
 from qatune.ranges import Range, check_option
 from qatune.tasks.base import BATCH_SIZE, EvalResult, Runner
 from qatune.tasks.generative_qa.options import RANGES, GenerativeOptions
@@ -140,12 +140,7 @@ class GenerativePipeline:
         no-answer the no-answer probability."""
         check_option("top_k", top_k, Range(1, why="answers returned per question"), integer=True)
         check_option("batch_size", batch_size, BATCH_SIZE, integer=True)
-        examples = []
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)):
-                raise DataError(f"item {i}: expected a (question, context) pair, got {type(pair).__name__}")
-            question, context = parse_request(pair, f"item {i}")
-            examples.append(QAExample(id=str(i), question=question, context=context))
+        examples = examples_from_pairs(pairs)
         if not examples:
             return []
         texts, answer_lp, no_answer_lp = self.generate(examples, self.version_2, batch_size, progress)

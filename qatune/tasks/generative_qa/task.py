@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from qatune.data.squad.squad_types import LoadReport, QAExample
+from qatune.data.squad.squad_task import SquadTaskMixin
+from qatune.data.squad.squad_types import QAExample
 from qatune.tasks.base import EvalResult, ModelSpec, ReportColumn, ReportSpec
 from qatune.tasks.generative_qa.options import GenerativeOptions, resolve_options
 from qatune.tasks.generative_qa.prompts import GenFeatures, build_features
@@ -17,7 +18,7 @@ def _pct(v: float) -> str:
     return f"{v:.1f}"
 
 
-class GenerativeQATask:
+class GenerativeQATask(SquadTaskMixin):
     name = "generative_qa"
     section = "generative"
     options_type = GenerativeOptions
@@ -41,44 +42,14 @@ class GenerativeQATask:
     sample_data = None
     request_fields = {"question": "the question (non-empty string)",
                       "context": "the text that holds the answer (non-empty string, any length: cut to fit)"}
+    # v2 follows the *training* data: the prompt's no-answer instruction and the no-answer targets are what the
+    # model is trained on, so inference must use the same prompt; a zero-shot evaluation has no training data
+    # and falls back to the evaluation data's version
+    squad_version_from = "train"
 
     # -- options and data -----------------------------------------------------------------------------
     def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> GenerativeOptions:
         return resolve_options(options, int(context.get("max_seq_length", 384)))
-
-    def read(self, source: str, max_samples: int | None, split: str | None = None
-             ) -> tuple[list[QAExample], LoadReport]:
-        from qatune.data.squad.squad_schema import load_qa_examples
-
-        return load_qa_examples(source, max_samples=max_samples, split=split)
-
-    def write_examples(self, examples: Sequence[QAExample], report: LoadReport, path: Any) -> None:
-        from qatune.core.jsonio import write_json
-        from qatune.data.squad.squad_schema import examples_to_squad_json
-
-        write_json(path, examples_to_squad_json(list(examples), report.version))
-
-    def data_info(self, report: LoadReport) -> dict[str, Any]:
-        return {"squad_version": report.version}
-
-    def prepare(self, options: GenerativeOptions, train_report: Any, eval_report: Any) -> GenerativeOptions:
-        """SQuAD v2 when the config says so, else when the training (or evaluation) data is v2."""
-        import dataclasses
-
-        if options.version_2 is not None:
-            return options
-        report = train_report or eval_report
-        return dataclasses.replace(options, version_2=bool(report is not None and report.version == "2.0"))
-
-    def record(self, options: GenerativeOptions) -> dict[str, Any]:
-        return {"version_2_model": bool(options.version_2), "null_threshold": options.null_threshold}
-
-    def score_files(self, data: str, predictions: str, na_probs: str | None = None, na_prob_thresh: float = 1.0,
-                    version: str | None = None) -> dict[str, Any]:
-        """The official SQuAD metrics of a predictions file: the same as extractive QA's."""
-        from qatune.data.squad.squad_scoring import score_files
-
-        return score_files(data, predictions, na_probs, na_prob_thresh, version)
 
     # -- training ------------------------------------------------------------------------------------
     def features(self, examples: Sequence[QAExample], tokenizer: Any, options: Any, max_seq_length: int,
@@ -154,19 +125,6 @@ class GenerativeQATask:
         from qatune.tasks.generative_qa.predictor import check_options
 
         check_options(options)
-
-    def parse_request(self, payload: Any, where: str) -> tuple[str, str]:
-        from qatune.data.squad.squad_types import parse_request
-
-        return parse_request(payload, where)
-
-    def to_request(self, example: QAExample) -> dict[str, str]:
-        return {"question": example.question, "context": example.context}
-
-    def format_response(self, prediction: Any) -> Any:
-        if isinstance(prediction, list):
-            return [p.to_dict() for p in prediction]
-        return prediction.to_dict()
 
 
 class _ModuleRunner:
