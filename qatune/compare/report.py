@@ -402,7 +402,9 @@ def _md_escape(text: Any) -> str:
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    text = {"method", "model", "task", "status"}  # left-aligned like the first column; numbers to the right
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i == 0 or h in text else "---:" for i, h in enumerate(head)) + "|"]
     lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
     return lines
 
