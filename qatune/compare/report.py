@@ -287,6 +287,8 @@ def _setup(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any
     if len(models) > 1:  # rows of several models (methods.<label>.model): the model column says which
         setup["model"] = None
         setup["models"] = models
+    elif models:
+        setup["model"] = models[0]  # what the rows trained, also when each row names it
     if len(tasks) > 1:
         setup["tasks"] = tasks
     configs = [c for c in (plan.get("configs") or {}).values() if c]
