@@ -113,6 +113,10 @@ def test_the_loss_plot_has_one_labelled_line_per_row(mixed: dict[str, Any]) -> N
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == list(names.values())
     assert legend.get_title().get_text() == "method (model)"
+    lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert [line.get_label() for line in lines] == list(names.values())  # one labelled training curve per row
+    assert all(line.get_marker() == "o" and len(line.get_xdata()) >= 1 for line in lines)  # few steps: markers
+    assert "compare a row's curve with the rows of its own task only" in report["plots"]["loss_curves"]
     assert all(r["history"] and r["history"][0].get("steps") for r in records)  # per-step curves, not epoch dots
 
 

@@ -259,9 +259,17 @@ def collect(out: Path) -> dict[str, Any]:
     columns = base[:n_head] + shown + base[n_head:] + EXTRA_COLUMNS
     return {"output": str(out), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
             "setup": _setup(plan, records), "version_2": bool(shown), "columns": columns, "records": records,
-            "spec": spec, "plots": plots_for(spec),
+            "spec": spec, "plots": _plot_captions(spec, len({r["row"]["task"] for r in records}) > 1),
             "tasks_differ": len({r["row"]["task"] for r in records}) > 1,
             "models_differ": len({str(r["row"]["model"]) for r in records}) > 1}
+
+
+def _plot_captions(spec: ReportSpec, tasks_differ: bool) -> dict[str, str]:
+    captions = plots_for(spec)
+    if tasks_differ:  # one loss axis, losses of different kinds
+        captions["loss_curves"] += (" The rows' tasks compute different losses: compare a row's curve with the "
+                                    "rows of its own task only.")
+    return captions
 
 
 def _task_name(out: Path, plan: dict[str, Any], labels: list[str]) -> str | None:
@@ -578,7 +586,9 @@ def loss_figure(finished: list[dict[str, Any]], colors: dict[str, Any], names: d
         if points:
             xs = [p["step"] for p in points]
             axes[0].plot(xs, [p["loss"] for p in points], color=color, alpha=0.22, linewidth=0.8)
-            axes[0].plot(xs, [p["loss_ema"] for p in points], color=color, linewidth=1.8, label=label)
+            # a short run (a few optimizer steps: one is a single point) gets markers so that it shows at all
+            axes[0].plot(xs, [p["loss_ema"] for p in points], color=color, linewidth=1.8, label=label,
+                         marker="o" if len(points) <= 20 else None, markersize=4)
             plotted = True
         else:
             epochs = [(_step_axis(history, i), h["train_loss"]) for i, h in enumerate(history)
