@@ -260,8 +260,7 @@ def collect(out: Path) -> dict[str, Any]:
     return {"output": str(out), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
             "setup": _setup(plan, records), "version_2": bool(shown), "columns": columns, "records": records,
             "spec": spec, "plots": _plot_captions(spec, len({r["row"]["task"] for r in records}) > 1),
-            "tasks_differ": len({r["row"]["task"] for r in records}) > 1,
-            "models_differ": len({str(r["row"]["model"]) for r in records}) > 1}
+            "tasks_differ": len({r["row"]["task"] for r in records}) > 1}
 
 
 def _plot_captions(spec: ReportSpec, tasks_differ: bool) -> dict[str, str]:

@@ -82,7 +82,8 @@ def shared_only(task: str | None = None, backend: str | None = None) -> set[str]
     return SHARED_ONLY | {spec.section, engine.name} | names
 
 
-ROW_KEYS = {"model", "task", "backend"}
+# what a method may set for its own row, with an example value for the error message
+ROW_KEYS = {"model": "minilm", "task": "generative_qa", "backend": "hf"}
 
 
 def _sections_of_others(task: str, backend: str) -> set[str]:
@@ -143,6 +144,8 @@ def row_task(spec: "CompareSpec", m: "MethodSpec") -> str:
     from qatune.tasks import get_task
 
     return get_task(m.overrides.get("task") or spec.shared.get("task")).name
+
+
 MEASURE_DEFAULTS: dict[str, int] = {
     "latency_questions": 50,  # batch-1 latency over the first N eval questions
     "throughput_questions": 256,  # throughput over up to N eval questions ...
@@ -268,10 +271,9 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
                               "(it names the run directory)")
         method = str(settings.pop("method", label))
         row = {k.replace("-", "_"): v for k, v in settings.items()}
-        for key in ROW_KEYS & set(row):
+        for key in sorted(set(ROW_KEYS) & set(row)):
             if not isinstance(row[key], str) or not row[key].strip():
-                raise ConfigError(f"methods.{label}.{key} must be a name such as "
-                                  f"{ {'model': 'minilm', 'task': 'generative_qa', 'backend': 'hf'}[key]!r}, "
+                raise ConfigError(f"methods.{label}.{key} must be a name such as {ROW_KEYS[key]!r}, "
                                   f"got {row[key]!r}")
         try:
             only = shared_only(row.get("task") or shared.get("task"), row.get("backend") or shared.get("backend"))
@@ -279,7 +281,7 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
             raise ConfigError(f"methods.{label}: {exc}") from None
         for key in settings:
             norm = key.replace("-", "_")
-            if norm in only - ROW_KEYS:
+            if norm in only - set(ROW_KEYS):
                 raise ConfigError(f"methods.{label}.{key}: '{norm}' is the same for every method so they are "
                                   f"compared on one budget; set it at the top level")
         if "model" in row:
