@@ -56,10 +56,42 @@ def _report_spec(task: Any = None) -> ReportSpec:
     return spec
 
 
+def merged_spec(tasks: list[str]) -> ReportSpec:
+    """One report spec for rows of several (data-compatible) tasks: every task's metric columns, the ones
+    they share first (extractive + generative QA: EM, F1, then BLEU-1); ranked and plotted by the first
+    task's primary metric when every task has it, else by the first metric they all have."""
+    specs = {name: _report_spec(name) for name in dict.fromkeys(tasks)}
+    if len(specs) <= 1:
+        return next(iter(specs.values())) if specs else _report_spec()
+    everyone = [{c.key for c in s.columns} for s in specs.values()]
+    columns = list({c.key: c for s in specs.values() for c in s.columns}.values())
+    columns.sort(key=lambda c: not all(c.key in keys for keys in everyone))  # stable: shared ones first
+    optional = [c for c in {c.key: c for s in specs.values() for c in s.optional}.values()
+                if c.key not in {col.key for col in columns}]
+    first = next(iter(specs.values()))
+    shared = [c.key for c in columns if all(c.key in keys for keys in everyone)]
+    primary = first.primary if first.primary in shared else (shared[0] if shared else first.primary)
+
+    def joined(attr: str, sep: str) -> str:
+        notes = {name: getattr(s, attr) for name, s in specs.items() if getattr(s, attr)}
+        return sep.join(f"{name} rows: {note}" for name, note in notes.items())
+
+    return ReportSpec(columns=tuple(columns), primary=primary, optional=tuple(optional),
+                      metric_note=joined("metric_note", "; "), optional_note=first.optional_note,
+                      loss_note=joined("loss_note", " ") + " Losses of different tasks measure different "
+                      "things: compare the metrics across tasks, the losses only within one task.")
+
+
+def metric_keys(task: str | None = None) -> list[str]:
+    """The task's report metrics, primary first (progress lines, MLflow metrics, the CLI summary)."""
+    spec = get_task(task).report
+    return [spec.primary] + [c.key for c in spec.columns if c.key != spec.primary]
+
+
 # the default task's (extractive QA's) plots and columns
 PLOTS = plots_for(get_task().report)
 BASE_COLUMNS = base_columns(get_task().report)
-EXTRA_COLUMNS = ["base_method", "peak_memory_source", "wall_time_s", "train_questions", "eval_questions",
+EXTRA_COLUMNS = ["model", "task", "base_method", "peak_memory_source", "wall_time_s", "train_questions", "eval_questions",
                  "latency_questions", "throughput_questions", "throughput_batch_size", "precision", "run_dir"]
 # column -> (header with units, formatter) for the Markdown/HTML tables
 MEMORY_SOURCES = {"cpu_peak_rss": "CPU peak RSS of the training process",
@@ -78,8 +110,16 @@ def _small(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
 
 
+def _model_name(value: Any) -> str:
+    """A model as the tables show it: a registry name or hub id as given, a local directory by its name."""
+    text = str(value)
+    return Path(text).name if Path(text).is_absolute() else text
+
+
 HEADERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "method": ("method", str),
+    "model": ("model", _model_name),
+    "task": ("task", str),
     "status": ("status", str),
     "eval_loss": ("val loss", lambda v: f"{v:.3f}"),
     "train_loss": ("train loss (last epoch)", lambda v: f"{v:.3f}"),
@@ -151,8 +191,7 @@ def collect(out: Path) -> dict[str, Any]:
         raise OutputError(f"{out} holds no comparison (no {PLAN_FILE} and no method run directories); "
                           "pass the --output directory of `qatune compare`")
     plan = plan or {}
-    spec = _report_spec(_task_name(out, plan, labels))
-    metric_keys = [c.key for c in (*spec.columns, *spec.optional)]
+    default_task = _task_name(out, plan, labels)
     records = []
     for label in labels:
         run_dir = out / label
@@ -169,6 +208,10 @@ def collect(out: Path) -> dict[str, Any]:
             except (OSError, yaml.YAMLError):
                 run_cfg = {}
         cfg = run_cfg or planned_cfg
+        asked = {**(plan.get("shared") or {}), **((plan.get("overrides") or {}).get(label) or {})}
+        task = get_task(str(cfg.get("task") or asked.get("task") or default_task or "") or None).name
+        own = _report_spec(task)
+        own_metrics = [c.key for c in (*own.columns, *own.optional)]  # another task's metric: "–" in this row
         method = str(cfg.get("method") or (plan.get("method_names") or {}).get(label) or status_file.get("method")
                      or label)
         measure = (status_file.get("measure") or {}) if metrics else {}
@@ -183,7 +226,7 @@ def collect(out: Path) -> dict[str, Any]:
             lr = cfg.get("learning_rate") if cfg.get("learning_rate") is not None else _default_lr(method)
         row: dict[str, Any] = {
             "method": label, "status": status, "error": error,
-            **{key: metrics.get(key) for key in metric_keys},
+            **{key: metrics.get(key) for key in own_metrics},
             "eval_loss": metrics.get("eval_loss"), "train_loss": metrics.get("train_loss"),
             "train_time_s": metrics.get("train_time_s"), "peak_memory_mb": memory,
             "trainable_params": metrics.get("trainable_params"), "trainable_pct": metrics.get("trainable_pct"),
@@ -193,6 +236,7 @@ def collect(out: Path) -> dict[str, Any]:
             "throughput_qps": measure.get("throughput_qps"),
             "learning_rate": float(lr) if lr is not None else None,
             "epochs": metrics.get("epochs", cfg.get("epochs", (plan.get("shared") or {}).get("epochs"))),
+            "model": cfg.get("model") or asked.get("model"), "task": task,
             "base_method": method, "peak_memory_source": memory_source,
             "wall_time_s": status_file.get("wall_time_s"),
             "train_questions": metrics.get("train_questions"), "eval_questions": metrics.get("eval_questions"),
@@ -204,6 +248,10 @@ def collect(out: Path) -> dict[str, Any]:
         records.append({"row": row, "history": history, "hyperparameters": _hyperparameters(cfg, method),
                         "error_tail": status_file.get("error_tail") or ([error] if error else []),
                         "measure": measure, "log": str(run_dir / LOG_FILE) if (run_dir / LOG_FILE).is_file() else None})
+    spec = merged_spec([r["row"]["task"] for r in records])
+    for r in records:  # every column present in every row (None: the row's task has no such metric)
+        for c in (*spec.columns, *spec.optional):
+            r["row"].setdefault(c.key, None)
     # optional metric columns (QA: HasAns/NoAns F1 on SQuAD v2) only when some run has them
     shown = [c.key for c in spec.optional if any(r["row"][c.key] is not None for r in records)]
     base = base_columns(spec)
@@ -211,7 +259,16 @@ def collect(out: Path) -> dict[str, Any]:
     columns = base[:n_head] + shown + base[n_head:] + EXTRA_COLUMNS
     return {"output": str(out), "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
             "setup": _setup(plan, records), "version_2": bool(shown), "columns": columns, "records": records,
-            "spec": spec, "plots": plots_for(spec)}
+            "spec": spec, "plots": _plot_captions(spec, len({r["row"]["task"] for r in records}) > 1),
+            "tasks_differ": len({r["row"]["task"] for r in records}) > 1}
+
+
+def _plot_captions(spec: ReportSpec, tasks_differ: bool) -> dict[str, str]:
+    captions = plots_for(spec)
+    if tasks_differ:  # one loss axis, losses of different kinds
+        captions["loss_curves"] += (" The rows' tasks compute different losses: compare a row's curve with the "
+                                    "rows of its own task only.")
+    return captions
 
 
 def _task_name(out: Path, plan: dict[str, Any], labels: list[str]) -> str | None:
@@ -232,8 +289,20 @@ def _setup(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any
     shared = {**resolved, **(plan.get("shared") or {})}  # a method's full config has the defaults too
     setup = {k: shared.get(k) for k in ("model", "train", "eval", "max_train_samples", "max_eval_samples", "epochs",
                                         "seed", "max_seq_length", "precision", "device")}
-    section = get_task(shared.get("task")).section
-    setup[section] = resolved.get(section)  # the task's options as the methods ran them (QA: doc_stride, ...)
+    models = list(dict.fromkeys(str(r["row"]["model"]) for r in records if r["row"]["model"]))
+    tasks = list(dict.fromkeys(r["row"]["task"] for r in records))
+    if len(models) > 1:  # rows of several models (methods.<label>.model): the model column says which
+        setup["model"] = None
+        setup["models"] = models
+    elif models:
+        setup["model"] = models[0]  # what the rows trained, also when each row names it
+    if len(tasks) > 1:
+        setup["tasks"] = tasks
+    configs = [c for c in (plan.get("configs") or {}).values() if c]
+    for task in tasks or [get_task(shared.get("task")).name]:
+        section = get_task(task).section  # the task's options as its methods ran them (QA: doc_stride, ...)
+        setup[section] = next((c.get(section) for c in configs if c.get("task", task) == task),
+                              resolved.get(section) if len(tasks) <= 1 else None)
     for r in records:
         if r["row"]["status"] == "finished":
             setup.update(train_questions=r["row"]["train_questions"], eval_questions=r["row"]["eval_questions"],
@@ -270,9 +339,9 @@ def _memory_note(rows: list[dict[str, Any]]) -> str:
 
 # the Results section's two tables (a 17-column table does not fit a page): quality, then cost
 def quality_columns(spec: ReportSpec) -> list[str]:
-    return ["method", "status", *(c.key for c in (*spec.columns, *spec.optional)), "eval_loss", "train_loss",
+    return ["method", "model", "task", "status", *(c.key for c in (*spec.columns, *spec.optional)), "eval_loss", "train_loss",
             "learning_rate", "epochs"]
-COST_COLUMNS = ["method", "train_time_s", "peak_memory_mb", "trainable_params", "trainable_pct", "total_params",
+COST_COLUMNS = ["method", "model", "task", "train_time_s", "peak_memory_mb", "trainable_params", "trainable_pct", "total_params",
                 "adapter_size_mb", "latency_p50_ms", "latency_p95_ms", "throughput_qps"]
 
 
@@ -302,7 +371,12 @@ def _describe(report: dict[str, Any]) -> str:
     s = report["setup"]
     n = len(report["records"])
     done = sum(r["row"]["status"] == "finished" for r in report["records"])
-    parts = [f"{n} methods ({done} finished) on one budget: model `{s.get('model')}`",
+    if s.get("models"):
+        models = "models " + ", ".join(f"`{_model_name(m)}`" for m in s["models"])
+    else:
+        models = f"model `{s.get('model')}`"
+    tasks = f" (tasks {', '.join(s['tasks'])}: the same questions, each task's own metrics)" if s.get("tasks") else ""
+    parts = [f"{n} methods ({done} finished) on one budget: {models}{tasks}",
              f"{s.get('train_questions') or s.get('max_train_samples') or '?'} training questions from `{s.get('train')}`",
              f"{s.get('eval_questions') or s.get('max_eval_samples') or '?'} evaluation questions from `{s.get('eval')}`",
              f"{s.get('epochs')} epoch(s), seed {s.get('seed')}, max_seq_length {s.get('max_seq_length')}"]
@@ -337,13 +411,15 @@ def _md_escape(text: Any) -> str:
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    text = {"method", "model", "task", "status"}  # left-aligned like the first column; numbers to the right
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i == 0 or h in text else "---:" for i, h in enumerate(head)) + "|"]
     lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
     return lines
 
 
 def _results_table(report: dict[str, Any], which: list[str]) -> tuple[list[str], list[list[str]]]:
-    cols = [c for c in which if c in report["columns"]]
+    cols = [c for c in which if c in report["columns"] and (c != "task" or report.get("tasks_differ"))]
     head = [HEADERS[c][0] for c in cols]
     rows = [[_cell(c, r["row"].get(c)) for c in cols] for r in report["records"]]
     return head, rows
@@ -366,7 +442,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"- **{label}**: {_md_escape(err)}" + (f" (log: `{log}`)" if log else "") for label, err, log in failures]
     loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"], report["spec"])
     if loss_rows:
-        lines += ["", "## Loss per epoch", "", "Mean start/end cross-entropy (nats).", ""]
+        lines += ["", "## Loss per epoch", "", report["spec"].loss_note, ""]
         lines += _md_table(loss_head, loss_rows)
         lines += ["", "## F1 per epoch", "", "SQuAD token F1 (%) on the evaluation set after each epoch.", ""]
         lines += _md_table(f1_head, f1_rows)
@@ -415,7 +491,8 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
             for label, err, log in failures) + "</ul>")
     loss_head, loss_rows, f1_head, f1_rows = _epoch_tables(report["records"], report["spec"])
     if loss_rows:
-        parts += ["<h2>Loss per epoch</h2><p>Mean start/end cross-entropy (nats).</p>", _html_table(loss_head, loss_rows),
+        parts += [f"<h2>Loss per epoch</h2><p>{html.escape(report['spec'].loss_note)}</p>",
+                  _html_table(loss_head, loss_rows),
                   "<h2>F1 per epoch</h2><p>SQuAD token F1 (%) on the evaluation set after each epoch.</p>",
                   _html_table(f1_head, f1_rows)]
     if images:
@@ -479,7 +556,19 @@ def _step_axis(history: list[dict[str, Any]], i: int) -> float:
     return float(history[i].get("step") or history[i].get("epoch") or i + 1)
 
 
-def loss_figure(finished: list[dict[str, Any]], colors: dict[str, Any]) -> Any:
+def legend_names(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Method label -> its name in the plots: with the model beside it when the rows train several models
+    (unless the label already names it)."""
+    models = {str(r["row"].get("model")) for r in records}
+    names = {}
+    for r in records:
+        label, model = r["row"]["method"], r["row"].get("model")
+        short = _model_name(model) if model else ""
+        names[label] = f"{label} ({short})" if len(models) > 1 and short and short not in label else label
+    return names
+
+
+def loss_figure(finished: list[dict[str, Any]], colors: dict[str, Any], names: dict[str, str] | None = None) -> Any:
     """Per-step training loss (raw faint, EMA solid) and validation loss at each epoch's end, on one step axis.
 
     Runs written before per-step curves existed (no ``steps`` in history.json) show their per-epoch mean
@@ -488,14 +577,17 @@ def loss_figure(finished: list[dict[str, Any]], colors: dict[str, Any]) -> Any:
     axes = fig.subplots(1, 2, sharex=True)
     plotted = False
     epoch_ends: set[float] = set()
+    names = names or {}
     for r in finished:
-        label, history = r["row"]["method"], r["history"]
-        color = colors[label]
+        key, history = r["row"]["method"], r["history"]
+        color, label = colors[key], names.get(key, key)
         points = [p for h in history for p in (h.get("steps") or [])]
         if points:
             xs = [p["step"] for p in points]
             axes[0].plot(xs, [p["loss"] for p in points], color=color, alpha=0.22, linewidth=0.8)
-            axes[0].plot(xs, [p["loss_ema"] for p in points], color=color, linewidth=1.8, label=label)
+            # a short run (a few optimizer steps: one is a single point) gets markers so that it shows at all
+            axes[0].plot(xs, [p["loss_ema"] for p in points], color=color, linewidth=1.8, label=label,
+                         marker="o" if len(points) <= 20 else None, markersize=4)
             plotted = True
         else:
             epochs = [(_step_axis(history, i), h["train_loss"]) for i, h in enumerate(history)
@@ -523,7 +615,8 @@ def loss_figure(finished: list[dict[str, Any]], colors: dict[str, Any]) -> Any:
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", title="method", fontsize=9)
+    title = "method (model)" if any(names.get(k, k) != k for k in names) else "method"
+    fig.legend(handles, labels, loc="outside right upper", title=title, fontsize=9)
     return fig
 
 
@@ -536,7 +629,8 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     colors = _colors([r["row"]["method"] for r in report["records"]])
     images: dict[str, bytes] = {}
 
-    fig = loss_figure(finished, colors)
+    names = legend_names(report["records"])
+    fig = loss_figure(finished, colors, names)
     if fig is not None:
         images["loss_curves"] = _png(fig)
 
@@ -557,7 +651,7 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
             crowded = any(abs(here[0] - x) < 0.6 and abs(here[1] - y) < 0.06 * y_span for x, y in placed)
             if not crowded:
                 placed.append(here)
-            ax.annotate(r["method"], (r["trainable_params"], r[key]), textcoords="offset points",
+            ax.annotate(names[r["method"]], (r["trainable_params"], r[key]), textcoords="offset points",
                         xytext=(6, -13) if crowded else (6, 5), fontsize=9)
         ax.set_xscale("log")
         xs = [r["trainable_params"] for r in points]
@@ -626,12 +720,11 @@ def write_report(out: str | Path, plots: bool = True) -> list[dict[str, Any]]:
 
 
 def summary(rows: list[dict[str, Any]], task: str | None = None) -> dict[str, Any]:
-    """Short per-method summary for the CLI's JSON output: status, the task's metrics (primary first)."""
-    spec = get_task(task).report
-    metrics = [spec.primary] + [c.key for c in spec.columns if c.key != spec.primary]
-    return {r["method"]: {k: r[k] for k in ("status", *metrics, "train_time_s", "error")
-                          if r.get(k) is not None} for r in rows}
+    """Short per-method summary for the CLI's JSON output: status, model, the row's task's metrics (primary
+    first; ``task``: for rows that do not name theirs)."""
+    return {r["method"]: {k: r[k] for k in ("status", "model", *metric_keys(r.get("task") or task), "train_time_s",
+                                            "error") if r.get(k) is not None} for r in rows}
 
 
-__all__ = ["REPORT_FILES", "PLOTS", "collect", "make_plots", "render_html", "render_markdown", "summary",
-           "write_report"]
+__all__ = ["REPORT_FILES", "PLOTS", "collect", "make_plots", "merged_spec", "metric_keys", "render_html",
+           "render_markdown", "summary", "write_report"]

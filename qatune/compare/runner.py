@@ -13,9 +13,18 @@ The spec (YAML and/or flags)::
       lora-r16: {method: lora, lora: {r: 16}}   # a second LoRA under its own label
     measure: {latency_questions: 50, throughput_questions: 256, throughput_batch_size: 32}
 
-Keys that define the budget and the evaluation (data, sample counts, epochs, seed, sequence length, model,
-device, precision, ...) may only be set at the top level. The rest (learning rate, batch size, method
-sections...) can be set per method.
+Keys that define the data budget and the evaluation (data, sample counts, epochs, seed, sequence length,
+device, precision, ...) may only be set at the top level, so every row sees the same questions. A method may
+set its own ``model``, ``task`` and ``backend`` (a row per model: an extractive encoder beside a decoder)::
+
+    methods:
+      minilm-full: {model: minilm, task: extractive_qa, method: full}
+      smollm2-lora: {model: smollm2, task: generative_qa, method: lora}
+
+as long as every row's task reads the same data (``Task.data_kind``: both QA tasks read SQuAD files). A
+task's or backend's section at the top level (``qa:``, ``generative:``, ``hf:``) goes to the rows of that
+task or backend only; flat option keys (``doc_stride: 64``) belong to the top-level task and backend. The
+rest (learning rate, batch size, method sections...) can be set per method.
 
 Each method runs as ``python -m qatune train --config OUTPUT/<label>/compare_train.yaml --no-progress``
 (log in ``OUTPUT/<label>/train.log``), so its peak memory is its own and a crash or OOM kills only that
@@ -53,6 +62,7 @@ from qatune.errors import ConfigError, QatuneError
 
 # Keys that define the budget and the evaluation: top level only, the same for every method. The task's
 # and the backend's sections (qa:, hf:) and their flat keys (doc_stride, ...) are too: see shared_only().
+# ROW_KEYS (which model, trained as which task, on which backend) may also be set per method.
 SHARED_ONLY = {
     "model", "task", "backend", "train", "eval", "max_train_samples", "max_eval_samples", "epochs", "seed",
     "max_seq_length", "do_eval", "precision", "device", "num_threads", "output", "resume", "overwrite",
@@ -70,6 +80,72 @@ def shared_only(task: str | None = None, backend: str | None = None) -> set[str]
     spec, engine = get_task(task), get_backend(backend)
     names = {f.name for cls in (spec.options_type, engine.options_type) for f in dataclasses.fields(cls)}
     return SHARED_ONLY | {spec.section, engine.name} | names
+
+
+# what a method may set for its own row, with an example value for the error message
+ROW_KEYS = {"model": "minilm", "task": "generative_qa", "backend": "hf"}
+
+
+def _sections_of_others(task: str, backend: str) -> set[str]:
+    """Section names of every registered task and backend except these two: a row does not receive them."""
+    from qatune.backends import backend_names, get_backend
+    from qatune.tasks import get_task, task_names
+
+    names = {get_task(n).section for n in task_names()} | set(backend_names())
+    return names - {get_task(task).section, get_backend(backend).name}
+
+
+def _option_names(options_type: type) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(options_type)}
+
+
+def row_settings(shared: dict[str, Any], task: str | None, backend: str | None) -> dict[str, Any]:
+    """The shared settings a row of ``task`` on ``backend`` receives: all of them but other tasks' and
+    backends' sections, and (when the row's task or backend is not the top-level one) the top-level task's
+    or backend's flat option keys, which belong to that task/backend."""
+    from qatune.backends import get_backend
+    from qatune.tasks import get_task
+
+    mine_t, mine_b = get_task(task or shared.get("task")), get_backend(backend or shared.get("backend"))
+    top_t, top_b = get_task(shared.get("task")), get_backend(shared.get("backend"))
+    drop = _sections_of_others(mine_t.name, mine_b.name)
+    if top_t.name != mine_t.name:
+        drop |= _option_names(top_t.options_type) - _TRAIN_FIELDS
+    if top_b.name != mine_b.name:
+        drop |= _option_names(top_b.options_type) - _TRAIN_FIELDS
+    out = {k: v for k, v in shared.items() if k.replace("-", "_") not in drop}
+    out.update(task=mine_t.name, backend=mine_b.name)
+    return out
+
+
+def _check_same_data(shared: dict[str, Any], specs: list["MethodSpec"]) -> None:
+    """Every row reads the comparison's train/eval files: their tasks must read the same kind of data
+    (``Task.data_kind``), the top-level task's (else the first row's) kind."""
+    from qatune.tasks import get_task
+    from qatune.tasks.base import data_kind
+
+    if not specs:
+        return
+    first = specs[0].overrides.get("task") if not shared.get("task") else None
+    ref = get_task(shared.get("task") or first)
+    for m in specs:
+        task = get_task(m.overrides.get("task") or shared.get("task"))
+        if data_kind(task) != data_kind(ref):
+            raise ConfigError(
+                f"methods.{m.label}.task: '{task.name}' reads {data_kind(task)} data, but this comparison's "
+                f"train/eval files are read as {data_kind(ref)} data ('{ref.name}'); every method trains and is "
+                f"evaluated on the same files, so compare '{task.name}' in a comparison of its own")
+
+
+def row_task(spec: "CompareSpec", m: "MethodSpec") -> str:
+    """The canonical task name a method's row runs (its own ``task:``, else the top level's)."""
+    from qatune.tasks import get_task
+
+    return get_task(m.overrides.get("task") or spec.shared.get("task")).name
+
+
 MEASURE_DEFAULTS: dict[str, int] = {
     "latency_questions": 50,  # batch-1 latency over the first N eval questions
     "throughput_questions": 256,  # throughput over up to N eval questions ...
@@ -172,8 +248,9 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
         if key in shared:
             raise ConfigError(f"{source}: '{key}' cannot be set for a comparison"
                               + (" (list the methods under 'methods:' or pass --methods)" if key == "method" else ""))
-    # shared settings must be valid on their own: an error there would fail every method
-    check = config_from_dict({**shared, "method": "full"}, source=source)
+    # shared settings must be valid on their own: an error there would fail every method (checked again
+    # below for each task/backend the rows run, with that task's and backend's sections)
+    check = config_from_dict({**row_settings(shared, None, None), "method": "full"}, source=source)
     if not check.train or not check.eval:
         raise ConfigError("a comparison needs training and evaluation data: pass --train and --eval "
                           "(or train:/eval: in the YAML)")
@@ -187,19 +264,33 @@ def load_compare_spec(path: str | os.PathLike | None = None, base: dict[str, Any
     if not labels:
         raise ConfigError("no methods to compare: pass --methods full,lora,... or a 'methods:' section")
     specs = []
-    only = shared_only(shared.get("task"), shared.get("backend"))
     for label in labels:
         settings = dict(table.get(label, {}))
         if not _LABEL.match(label):
             raise ConfigError(f"method label '{label}' must be letters, digits, '.', '_' or '-' "
                               "(it names the run directory)")
         method = str(settings.pop("method", label))
+        row = {k.replace("-", "_"): v for k, v in settings.items()}
+        for key in sorted(set(ROW_KEYS) & set(row)):
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise ConfigError(f"methods.{label}.{key} must be a name such as {ROW_KEYS[key]!r}, "
+                                  f"got {row[key]!r}")
+        try:
+            only = shared_only(row.get("task") or shared.get("task"), row.get("backend") or shared.get("backend"))
+        except ConfigError as exc:
+            raise ConfigError(f"methods.{label}: {exc}") from None
         for key in settings:
             norm = key.replace("-", "_")
-            if norm in only:
+            if norm in only - set(ROW_KEYS):
                 raise ConfigError(f"methods.{label}.{key}: '{norm}' is the same for every method so they are "
                                   f"compared on one budget; set it at the top level")
-        specs.append(MethodSpec(label, method, {k.replace("-", "_"): v for k, v in settings.items()}))
+        if "model" in row:
+            row["model"] = _absolute_if_local(row["model"])
+        specs.append(MethodSpec(label, method, row))
+    _check_same_data(shared, specs)
+    for task, backend in sorted({(s.overrides.get("task"), s.overrides.get("backend")) for s in specs}
+                                - {(None, None)}, key=str):
+        config_from_dict({**row_settings(shared, task, backend), "method": "full"}, source=source)
     return CompareSpec(output=output, shared=shared, methods=specs, measure=measure, force=force)
 
 
@@ -207,7 +298,7 @@ def method_train_config(spec: CompareSpec, m: MethodSpec, tracking_uri: str | No
     """The full `qatune train` config of one method; raises ConfigError for a bad method/option/value."""
     from qatune.methods import registry
 
-    raw = copy.deepcopy(spec.shared)
+    raw = copy.deepcopy(row_settings(spec.shared, m.overrides.get("task"), m.overrides.get("backend")))
     for key, value in m.overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}  # per-method section options over shared ones
@@ -354,7 +445,7 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
     # qatune's write rule: a new or empty folder or an earlier comparison, never a foreign folder
     rundir.check_output(spec.output, "compare")
     out = ensure_writable_dir(spec.output)
-    task = spec.shared.get("task")
+    tasks = {m.label: row_task(spec, m) for m in spec.methods}  # rows may run different (compatible) tasks
 
     def say(msg: str) -> None:
         print(msg, file=log, flush=True)
@@ -401,20 +492,19 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
         + (f" ({finished_before} finished earlier, skipped; --force reruns them)" if finished_before else "")
         + f"; logs in {out}/<method>/{LOG_FILE}")
 
-    eval_pairs: list[tuple[str, str]] | None = None
+    eval_pairs: dict[str, list[Any]] = {}  # per task: its request items of the same eval questions
 
-    def pairs() -> list[tuple[str, str]]:
-        nonlocal eval_pairs
-        if eval_pairs is None:
+    def pairs(task: str) -> list[Any]:
+        if task not in eval_pairs:
             n = max(spec.measure["latency_questions"], spec.measure["throughput_questions"])
             limit = spec.shared.get("max_eval_samples")
-            eval_pairs = measuring.load_eval_items(str(spec.shared["eval"]), min(n, limit) if limit else n,
-                                                     spec.shared.get("task"))
-        return eval_pairs
+            eval_pairs[task] = measuring.load_eval_items(str(spec.shared["eval"]), min(n, limit) if limit else n,
+                                                         task)
+        return eval_pairs[task]
 
-    def measure(run_dir: Path) -> dict[str, Any]:
+    def measure(run_dir: Path, task: str) -> dict[str, Any]:
         try:
-            return measuring.measure_run(run_dir, pairs(), device=str(spec.shared.get("device", "auto")),
+            return measuring.measure_run(run_dir, pairs(task), device=str(spec.shared.get("device", "auto")),
                                          **spec.measure)
         except KeyboardInterrupt:
             raise
@@ -454,13 +544,13 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
                 status["status"] = "finished"
                 if not status.get("measure") or status["measure"].get("error"):  # e.g. interrupted before
                     current = (run_dir, status)
-                    status["measure"] = measure(run_dir)
+                    status["measure"] = measure(run_dir, tasks[m.label])
                 _write_status(run_dir, status)
                 current = None
                 change = _config_change(run_dir, cfg_dict)
                 note = f"; its settings differ from this comparison's ({change}), --force reruns it" if change else ""
                 say(progress_line(index, len(prepared), m.label,
-                                  f"skipped, finished earlier{_metric_text(read_json(run_dir / 'metrics.json'), task)}{note}",
+                                  f"skipped, finished earlier{_metric_text(read_json(run_dir / 'metrics.json'), tasks[m.label])}{note}",
                                   time.perf_counter() - t_start, eta()))
                 continue
 
@@ -479,9 +569,9 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
             status.update(returncode=result.returncode, wall_time_s=round(result.wall_time_s, 3))
             if result.returncode == 0 and is_finished(run_dir):
                 status.update(status="finished", error=None)
-                status["measure"] = measure(run_dir)
+                status["measure"] = measure(run_dir, tasks[m.label])
                 outcome = (f"done in {fmt_duration(time.perf_counter() - t0)}"
-                           f"{_metric_text(read_json(run_dir / 'metrics.json'), task)}")
+                           f"{_metric_text(read_json(run_dir / 'metrics.json'), tasks[m.label])}")
             else:
                 message = failure_message(result) if result.returncode != 0 else \
                     "the training exited without writing metrics.json"
@@ -503,21 +593,17 @@ def run_compare(spec: CompareSpec, log: TextIO | None = None, launcher: Launcher
             _write_status(run_dir, status)
         say("qatune compare: interrupted; the report covers the methods finished so far "
             "(rerun the same command to continue)")
-        _finish(out, tracker, "KILLED", spec.shared.get("task"))
+        _finish(out, tracker, "KILLED", list(tasks.values()))
         raise
     except BaseException:
-        _finish(out, tracker, "FAILED", spec.shared.get("task"))
+        _finish(out, tracker, "FAILED", list(tasks.values()))
         raise
-    return _finish(out, tracker, "FINISHED", spec.shared.get("task"))
+    return _finish(out, tracker, "FINISHED", list(tasks.values()))
 
 
-def _finish(out: Path, tracker: Any, status: str, task: str | None = None) -> list[dict[str, Any]]:
+def _finish(out: Path, tracker: Any, status: str, tasks: list[str] | None = None) -> list[dict[str, Any]]:
     """Write the full report (plots too) and attach it to the parent MLflow run."""
-    from qatune.compare.report import REPORT_FILES, write_report
-    from qatune.tasks import get_task
-
-    spec = get_task(task).report
-    metric_keys = [spec.primary] + [c.key for c in spec.columns if c.key != spec.primary]
+    from qatune.compare.report import REPORT_FILES, metric_keys, write_report
 
     rows: list[dict[str, Any]] = []
     try:
@@ -527,8 +613,9 @@ def _finish(out: Path, tracker: Any, status: str, task: str | None = None) -> li
               f"(run `qatune report {out}` to retry)", file=sys.stderr)
     for row in rows:
         if row.get("status") == "finished":
+            task = row.get("task") or (tasks[0] if tasks else None)  # each row's own task's metrics
             tracker.log_metrics({f"{row['method']}.{key}": row[key] for key in (
-                *metric_keys, "train_time_s", "peak_memory_mb", "trainable_params", "adapter_size_mb",
+                *metric_keys(task), "train_time_s", "peak_memory_mb", "trainable_params", "adapter_size_mb",
                 "latency_p50_ms", "throughput_qps") if isinstance(row.get(key), (int, float))})
     tracker.log_artifacts([out / name for name in REPORT_FILES] + sorted(out.glob("*.png")), artifact_path="report")
     tracker.end(status)

@@ -201,6 +201,7 @@ class Task(Protocol):
     route: str  # the server's path segment: POST /v1/<route> (extractive QA: "answer")
     zero_shot: bool  # whether a base model (not a trained run) can be evaluated/used as is: default False
     sample_data: str | None  # a small bundled labelled file (export parity checks fall back to it)
+    data_kind: str  # what its data files hold (QA tasks: "squad"): tasks of one kind can share train/eval files
 
     # -- options and data ---------------------------------------------------------------------------
     def resolve_options(self, options: dict[str, Any], context: dict[str, Any], source: str) -> Any:
@@ -312,6 +313,13 @@ def supports_zero_shot(task: Task) -> bool:
     """``Task.zero_shot`` (default False): a base model with a fresh, untrained head predicts nothing
     meaningful for most tasks, so only a task that says so is evaluated or served without training."""
     return bool(getattr(task, "zero_shot", False))
+
+
+def data_kind(task: Task) -> str:
+    """``Task.data_kind``: tasks with the same kind read the same files into the same examples, so one
+    comparison can hold rows of each on the same questions; a task that does not say shares data only with
+    itself (its name)."""
+    return str(getattr(task, "data_kind", None) or task.name)
 
 
 def format_record(task: Task, prediction: Any) -> dict[str, Any]:

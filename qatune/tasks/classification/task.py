@@ -105,6 +105,7 @@ class ClassificationTask:
         loss_note="Losses: cross-entropy of the class (class-weighted when class_weights is set); val loss on "
                   "the evaluation set.",
     )
+    data_kind = "labelled_text"  # texts (+ columns) with a label: CSV/JSONL/Parquet records
     sample_data = None
     request_fields = {"text": "the text to classify (non-empty string; several text columns: joined, or give "
                               "each by its column name)",

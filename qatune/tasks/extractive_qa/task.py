@@ -46,6 +46,7 @@ class ExtractiveQATask(SquadTaskMixin):
         optional_note="HasAns/NoAns F1 split answerable and unanswerable questions (SQuAD v2)",
         loss_note="Losses: mean of the start- and end-position cross-entropy (nats); val loss on the evaluation set.",
     )
+    data_kind = "squad"  # SQuAD question/context/answers files: shared with the other QA task
     sample_data = str(Path(__file__).resolve().parents[2] / "resources" / "sample" / "dev.json")
     request_fields = {"question": "the question (non-empty string)",
                       "context": "the text that holds the answer (non-empty string, any length)"}

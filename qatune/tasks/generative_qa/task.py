@@ -39,6 +39,7 @@ class GenerativeQATask(SquadTaskMixin):
         loss_note="Losses: mean cross-entropy of the answer tokens and their end token (nats); the prompt has no "
                   "loss term.",
     )
+    data_kind = "squad"  # SQuAD question/context/answers files: shared with the other QA task
     sample_data = None
     request_fields = {"question": "the question (non-empty string)",
                       "context": "the text that holds the answer (non-empty string, any length: cut to fit)"}
