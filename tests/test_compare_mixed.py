@@ -214,3 +214,13 @@ def test_the_cli_refuses_a_mixed_budget_in_one_line(squad: dict[str, Path], tmp_
     rc, _, err = cli(capsys, "compare", "--config", path)
     assert_clean_error(rc, err, "methods.lm-lora.epochs", "set it at the top level")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_refuses_a_mixed_comparison_naming_the_row(squad: dict[str, Path], tmp_path: Path) -> None:
+    """The pipeline's data step prepares one model's features: a mixed comparison is refused before compiling."""
+    from qatune.pipelines.steps import compare_plan
+
+    config = tmp_path / "mixed.yaml"
+    config.write_text(yaml.safe_dump({**_base(squad), "output": str(tmp_path / "out")}, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"methods\.lm-lora\.model is 'smollm2'.*one pipeline per model"):
+        compare_plan(config)

@@ -77,6 +77,12 @@ def compare_plan(config: str | os.PathLike, methods: str | None = None, override
     for m in spec.methods:
         cfg = config_to_dict(method_train_config(spec, m))
         resolved = resolved or cfg
+        for key in ("model", "task", "backend"):
+            # the data step prepares features and data-decided options for one model and task only
+            if cfg.get(key) != resolved.get(key):
+                raise ConfigError(f"{config}: methods.{m.label}.{key} is {cfg.get(key)!r} but the first row's is "
+                                  f"{resolved.get(key)!r}; a pipeline runs one model, task and backend: split the "
+                                  "comparison into one pipeline per model, or run it with `qatune compare`")
         items.append({"label": m.label, "method": m.method,
                       "config": {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}})
     if not items:
