@@ -17,6 +17,7 @@ Parameter names mirror Hugging Face's (``embeddings.word_embeddings``, ``encoder
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +39,17 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,
+}
+
+# the same functions, overwriting their input: used where no backward needs it (inference), saving one
+# [tokens x intermediate_size] tensor per layer
+INPLACE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": torch.ops.aten.gelu_,
+    "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "relu": torch.relu_,
+    "silu": lambda x: F.silu(x, inplace=True),
+    "swish": lambda x: F.silu(x, inplace=True),
 }
 
 
@@ -144,8 +156,25 @@ class SequenceClassifierOutput:
 # ----------------------------------------------------------------------------------------------- layers
 
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout that costs nothing (no call, no RNG) when it is off."""
-    return F.dropout(x, p, True) if training and p > 0 else x
+    """Dropout that costs nothing (no call, no RNG) when it is off, and less than ``F.dropout`` when on.
+
+    The keep mask is drawn with ``bernoulli_`` in the same order ``F.dropout`` draws it, so a seeded run drops
+    the same elements as Hugging Face's model; the value is the same ``x * noise`` (noise = 0 or
+    ``1 / (1 - p)`` rounded to the tensor's dtype, as ``F.dropout`` rounds it). On CPU ``F.dropout`` also
+    divides a float noise tensor in a separate pass; measured 44 ms vs 19 ms for a 16 x 96 x 384 tensor.
+    """
+    if not training or p <= 0:
+        return x
+    if p >= 1:
+        return x * 0.0
+    keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+    return x * keep.to(x.dtype).mul_(_keep_scale(p, x.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _keep_scale(p: float, dtype: torch.dtype) -> float:
+    """``1 / (1 - p)`` rounded as ``F.dropout`` rounds it (1 divided by ``1 - p`` in the tensor's dtype)."""
+    return float(torch.ones((), dtype=dtype).div_(1 - p))
 
 
 @dataclass
@@ -169,12 +198,19 @@ class BertEmbeddings(nn.Module):
         self.dropout = config.hidden_dropout_prob
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
-                position_ids: torch.Tensor) -> torch.Tensor:
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
-        if token_type_ids is None:  # segment 0 everywhere: one row, broadcast
-            x = x + self.token_type_embeddings.weight[0]
+                position_ids: torch.Tensor | None) -> torch.Tensor:
+        """``position_ids`` None: ``input_ids`` is a ``[B, L]`` grid at positions ``0..L-1``, so the first L
+        position rows are added by broadcast (no ``B x L`` gather, and their gradient is one sum over B)."""
+        # in place on the fresh lookup: an embedding's backward needs the indices, not its output
+        x = self.word_embeddings(input_ids)
+        if position_ids is None:
+            x.add_(self.position_embeddings.weight[: input_ids.shape[-1]])
         else:
-            x = x + self.token_type_embeddings(token_type_ids)
+            x.add_(self.position_embeddings(position_ids))
+        if token_type_ids is None:  # segment 0 everywhere: one row, broadcast
+            x.add_(self.token_type_embeddings.weight[0])
+        else:
+            x.add_(self.token_type_embeddings(token_type_ids))
         return _dropout(self.LayerNorm(x), self.dropout, self.training)
 
 
@@ -211,7 +247,8 @@ class BertSelfOutput(nn.Module):
         self.dropout = config.hidden_dropout_prob
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(_dropout(self.dense(x), self.dropout, self.training) + residual)
+        # in place on the fresh projection (or dropout) output: neither's backward reads its own output
+        return self.LayerNorm(_dropout(self.dense(x), self.dropout, self.training).add_(residual))
 
 
 class BertAttention(nn.Module):
@@ -229,9 +266,13 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACTIVATIONS[config.hidden_act]
+        self.act_ = INPLACE_ACTIVATIONS.get(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
+        h = self.dense(x)
+        if not torch.is_grad_enabled() and self.act_ is not None:  # inference: no backward needs h
+            return self.act_(h)
+        return self.act(h)
 
 
 class BertOutput(BertSelfOutput):
@@ -409,7 +450,6 @@ class BertModel(BertPreTrainedModel):
         if length > self.config.max_position_embeddings:
             raise ModelError(f"input of {length} tokens is longer than max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
-        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
         # a trace (ONNX export) records one path for every input: always the mask, never the data-dependent skip
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         key_mask = None
@@ -419,10 +459,11 @@ class BertModel(BertPreTrainedModel):
             1.0 - float(attention_mask.sum()) / attention_mask.numel() >= self.SKIP_PADDING_MIN)
         if not skip:
             tokens = Tokens(batch, length, key_mask)
-            hidden = self.embeddings(input_ids, token_type_ids, positions)
+            hidden = self.embeddings(input_ids, token_type_ids, None)
             hidden = self.encoder(hidden, tokens)
         else:
             index = attention_mask.reshape(-1).nonzero().squeeze(1)
+            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
             tokens = Tokens(batch, length, key_mask, index)
             types = None if token_type_ids is None else token_type_ids.reshape(-1)[index]
             packed = self.embeddings(input_ids.reshape(-1)[index], types, positions.reshape(-1)[index])
