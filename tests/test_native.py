@@ -178,10 +178,10 @@ def test_dropout_draws_the_same_masks_as_hugging_face(tmp_path: Path) -> None:
     torch.manual_seed(9)
     expected = torch.nn.functional.dropout(x, 0.25, True)
     torch.manual_seed(9)
-    from qatune.native.bert import _dropout
+    from qatune.native.functional import dropout
 
-    assert torch.equal(_dropout(x, 0.25, True), expected)
-    assert _dropout(x, 0.25, False) is x and _dropout(x, 0.0, True) is x
+    assert torch.equal(dropout(x, 0.25, True), expected)
+    assert dropout(x, 0.25, False) is x and dropout(x, 0.0, True) is x
 
 
 def test_save_pretrained_loads_in_transformers_with_the_same_outputs(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from qatune.errors import ModelError
 from qatune.native import convert
-from qatune.native.bert import _dropout
+from qatune.native.functional import dropout as _dropout
 
 DEFAULT_TARGETS = ("query", "key", "value", "attention.output.dense")
 PEFT_PREFIX = "base_model.model."
