@@ -4,7 +4,7 @@ Training: MiniLM, full fine-tuning (or ``--method``), batch 16, lr 1e-4, 1 epoch
 side in its own process (whole-process and training-loop questions/s). Evaluation: the native-trained run
 evaluated by both backends (the same weights, so the F1 must match and the speed ratio is the backends'
 alone) and the hf-trained run by hf (the F1 of each backend's own training). Sides alternate (hf first in
-odd rounds, native first in even ones) so background load on shared cores hits both alike.
+odd rounds, native first in even ones) so background load on shared cores hits both alike; ``--first native`` starts with native instead.
 
     python bench/native_e2e.py --max-train-samples 2000 --max-eval-samples 1000 --rounds 1
 """
@@ -51,18 +51,23 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--first", choices=BACKENDS, default="hf",
+                    help="the backend that goes first in round 1 (a second invocation with the other order "
+                         "balances the load drift of one round)")
     args = ap.parse_args()
     require_squad()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="qatune-native-e2e-"))
     py = sys.executable
     trains: dict[str, list[dict[str, float]]] = {b: [] for b in BACKENDS}
     evals: dict[str, list[dict[str, float]]] = {k: [] for k in ("native@native", "native@hf", "hf@hf")}
+    flip = BACKENDS.index(args.first)
     for r in range(args.rounds):
-        order = BACKENDS if r % 2 == 0 else BACKENDS[::-1]
+        hf_first = (r + flip) % 2 == 0
+        order = BACKENDS if hf_first else BACKENDS[::-1]
         for backend in order:
             print(f"== round {r + 1}: train --backend {backend}", file=sys.stderr, flush=True)
             trains[backend].append(train(py, backend, work / backend, args, work))
-        jobs = [("native", "hf"), ("native", "native")] if r % 2 == 0 else [("native", "native"), ("native", "hf")]
+        jobs = [("native", "hf"), ("native", "native")] if hf_first else [("native", "native"), ("native", "hf")]
         for run, backend in [*jobs, ("hf", "hf")]:
             print(f"== round {r + 1}: evaluate the {run} run with --backend {backend}", file=sys.stderr, flush=True)
             evals[f"{run}@{backend}"].append(evaluate(py, work / run, backend, args))

@@ -155,6 +155,35 @@ def test_qa_loss_and_gradients_match_hugging_face(tmp_path: Path) -> None:
     assert worst <= 1e-5, worst
 
 
+def test_dropout_draws_the_same_masks_as_hugging_face(tmp_path: Path) -> None:
+    """With hidden dropout on, a seeded training step drops the same elements as Hugging Face's model (the
+    native dropout draws its keep mask in F.dropout's order and scales it the same way): equal loss and
+    gradients over two consecutive steps, so the RNG stream stays in step too; the LoRA dropout likewise."""
+    torch.manual_seed(5)
+    hf = transformers.BertForQuestionAnswering(hf_config(**CONFIGS["h48-gelu_new"], hidden_dropout_prob=0.1)).train()
+    native = BertForQuestionAnswering.from_pretrained(save_hf(hf, tmp_path / "hf")).train()
+    inputs = batch()
+    labels = {"start_positions": torch.tensor([3, 0, 4, 5]), "end_positions": torch.tensor([6, 2, 7, 5])}
+    for step in range(2):
+        torch.manual_seed(100 + step)
+        h_loss = hf(**inputs, **labels).loss
+        torch.manual_seed(100 + step)
+        n_loss = native(**inputs, **labels).loss
+        assert abs(h_loss.item() - n_loss.item()) <= TOL
+    torch.manual_seed(7)
+    with_dropout = native(**inputs, **labels).loss
+    native.eval()
+    assert abs(native(**inputs, **labels).loss.item() - with_dropout.item()) > 1e-4  # dropout did act in train()
+    x = torch.randn(64, 48)
+    torch.manual_seed(9)
+    expected = torch.nn.functional.dropout(x, 0.25, True)
+    torch.manual_seed(9)
+    from qatune.native.functional import dropout
+
+    assert torch.equal(dropout(x, 0.25, True), expected)
+    assert dropout(x, 0.25, False) is x and dropout(x, 0.0, True) is x
+
+
 def test_save_pretrained_loads_in_transformers_with_the_same_outputs(tmp_path: Path) -> None:
     """HF -> native -> save_pretrained -> HF: no missing or unexpected keys, same outputs, same key set."""
     torch.manual_seed(4)

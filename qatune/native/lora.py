@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from qatune.errors import ModelError
 from qatune.native import convert
+from qatune.native.functional import dropout as _dropout
 
 DEFAULT_TARGETS = ("query", "key", "value", "attention.output.dense")
 PEFT_PREFIX = "base_model.model."
@@ -59,8 +60,7 @@ class LoraAdapter(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            x = F.dropout(x, self.dropout, True)
+        x = _dropout(x, self.dropout, self.training)  # PEFT's nn.Dropout, the same mask stream
         return self.lora_B(self.lora_A(x)) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
