@@ -3,8 +3,8 @@ writes the official metrics of the first N questions of an evaluation that cover
 smaller question set, so every row is scored on the same questions).
 
     python docs/results/generative/table.py
-    python docs/results/generative/table.py --rescore runs/gen-compare/smollm2-zero-shot-v1.1 25 \
-        ../shared/data/squad/dev-v1.1.json.gz docs/results/generative/smollm2-zero-shot-v1.1-first25.json
+    python docs/results/generative/table.py --rescore runs/gen-300/smollm2-lora/eval-v1.1 200 \
+        ../shared/data/squad/dev-v1.1.json.gz docs/results/generative/smollm2-lora-v1.1-first200.json
 """
 
 from __future__ import annotations
@@ -49,14 +49,29 @@ def main() -> None:
         path = HERE / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    print("| model | v1.1 EM | v1.1 F1 | v1.1 BLEU-1 | v2.0 EM | v2.0 F1 | v2.0 HasAns F1 | v2.0 NoAns F1 | v2.0 BLEU-1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    def questions(metrics: dict | None) -> str:
+        return str(metrics.get("eval_questions", "")) if metrics else ""
+
+    print("v1.1, the first 200 dev questions (every row, the zero-shot comparison):\n")
+    print("| model | questions | EM | F1 | BLEU-1 |")
+    print("|---|---:|---:|---:|---:|")
     for label, stem in ROWS:
-        v1 = load(f"{stem}-v1.1-first25") or load(f"{stem}-v1.1")
-        v2 = load(f"{stem}-v2.0")
-        print(f"| {label} | {cell(v1, 'exact_match')} | {cell(v1, 'f1')} | {cell(v1, 'bleu1')} | "
-              f"{cell(v2, 'exact_match')} | {cell(v2, 'f1')} | {cell(v2, 'HasAns_f1')} | {cell(v2, 'NoAns_f1')} | "
-              f"{cell(v2, 'bleu1')} |")
+        v1 = load(f"{stem}-v1.1-first200") or load(f"{stem}-v1.1")
+        if v1 and v1.get("eval_questions") == 200:
+            print(f"| {label} | 200 | {cell(v1, 'exact_match')} | {cell(v1, 'f1')} | {cell(v1, 'bleu1')} |")
+    print("\nThe first 500 dev-v1.1 and the first 500 dev-v2.0 questions:\n")
+    print("| model | v1.1 questions | v1.1 EM | v1.1 F1 | v1.1 BLEU-1 | v2.0 questions | v2.0 EM | v2.0 F1 | "
+          "v2.0 HasAns F1 | v2.0 NoAns F1 | v2.0 BLEU-1 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, stem in ROWS:
+        v1, v2 = load(f"{stem}-v1.1"), load(f"{stem}-v2.0")
+        if v1 and v1.get("eval_questions") != 500:
+            v1 = None
+        if not (v1 or v2):
+            continue
+        print(f"| {label} | {questions(v1)} | {cell(v1, 'exact_match')} | {cell(v1, 'f1')} | {cell(v1, 'bleu1')} | "
+              f"{questions(v2)} | {cell(v2, 'exact_match')} | {cell(v2, 'f1')} | {cell(v2, 'HasAns_f1')} | "
+              f"{cell(v2, 'NoAns_f1')} | {cell(v2, 'bleu1')} |")
 
 
 if __name__ == "__main__":
