@@ -22,14 +22,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.native_vs_hf import batches, build, span_loss, window_lengths  # noqa: E402
+from bench.native_vs_hf import batches, build, step_fn, window_lengths  # noqa: E402
 
 
 def load_baseline(path: Path, hf_dir: Path) -> torch.nn.Module:
@@ -40,26 +40,6 @@ def load_baseline(path: Path, hf_dir: Path) -> torch.nn.Module:
     sys.modules["baseline_bert"] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module.BertForQuestionAnswering.from_pretrained(hf_dir, attention_probs_dropout_prob=0.0)
-
-
-def step_fn(model: torch.nn.Module, mode: str) -> Callable[[dict[str, torch.Tensor]], None]:
-    if mode == "infer":
-        model.eval()
-
-        def infer(batch: dict[str, torch.Tensor]) -> None:
-            with torch.inference_mode():
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      token_type_ids=batch["token_type_ids"])
-        return infer
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-    def train(batch: dict[str, torch.Tensor]) -> None:
-        span_loss(model, batch).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return train
 
 
 def main() -> None:
@@ -92,7 +72,7 @@ def main() -> None:
         models: dict[str, Any] = {k: build(k, "full", hf_dir, False) for k in args.kinds}
         if args.baseline is not None:
             models = {"old": load_baseline(args.baseline, hf_dir), **models}
-        fns = {k: step_fn(m, args.mode) for k, m in models.items()}
+        fns = {k: step_fn(m, args.mode, clip=True) for k, m in models.items()}
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

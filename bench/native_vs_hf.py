@@ -113,7 +113,8 @@ def build(kind: str, method: str, hf_dir: Path, skip_padding: bool) -> torch.nn.
     return model
 
 
-def step_fn(model: torch.nn.Module, mode: str) -> Callable[[dict[str, torch.Tensor]], None]:
+def step_fn(model: torch.nn.Module, mode: str, clip: bool = False) -> Callable[[dict[str, torch.Tensor]], None]:
+    """One inference batch, or one training step (``clip``: with the trainer's gradient clipping to norm 1)."""
     if mode == "infer":
         model.eval()
 
@@ -127,6 +128,8 @@ def step_fn(model: torch.nn.Module, mode: str) -> Callable[[dict[str, torch.Tens
 
     def train(batch: dict[str, torch.Tensor]) -> None:
         span_loss(model, batch).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train
