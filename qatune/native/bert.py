@@ -338,7 +338,12 @@ class BertPreTrainedModel(nn.Module):
         data = _read_config(directory / "config.json")
         data.update(overrides)
         config = BertConfig.from_dict(data, source=str(directory / "config.json"))
-        model = cls(config)
+        # Built on the meta device: no random init of weights the checkpoint replaces. Only the missing head
+        # then draws from the RNG, as in Hugging Face's from_pretrained, so the same seed gives the same head
+        # and the same dropout stream afterwards (a seeded run trains like --backend hf's).
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu")
         state = convert.read_safetensors_dir(directory)
         model._load_hf_state(state, source=str(directory))
         return model
@@ -368,8 +373,11 @@ class BertPreTrainedModel(nn.Module):
         with torch.no_grad():
             for key in set(native) & set(own):
                 own[key].copy_(native[key])
-        for module in {k.rsplit(".", 1)[0] for k in missing}:  # e.g. a headless checkpoint: init the head
-            self.init_weights(self.get_submodule(module))
+        # e.g. a headless checkpoint: init the head, in module order (Hugging Face's order, hence its RNG draws)
+        missing_modules = {k.rsplit(".", 1)[0] for k in missing}
+        for name, module in self.named_modules():
+            if name in missing_modules:
+                self.init_weights(module)
         self.loading_info = {"missing_keys": [n for k in missing for n in convert.hf_name(k)],
                              "unexpected_keys": [n for k in unexpected for n in convert.hf_name(k)]}
 
