@@ -167,6 +167,54 @@ def test_batched_left_padded_generation_equals_one_question_at_a_time(arch: str,
     np.testing.assert_allclose(forced, na, atol=1e-3)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_questions_on_one_context_share_its_prompt_pass_and_answer_as_alone(
+        arch: str, gpt2_dir: Path, llama_dir: Path, data: dict[str, Path]) -> None:
+    """Several questions about one paragraph (as SQuAD asks them) run the shared prompt tokens once and copy
+    the KV cache; every answer, log-probability and no-answer score still equals the prompt's own, alone."""
+    from qatune.tasks.generative_qa.generation import greedy, prefix_sharing_batches
+
+    task = get_task("generative")
+    model, tokenizer = load(gpt2_dir if arch == "gpt2" else llama_dir)
+    exs = examples(data["dev2"])[:7]
+    # paragraphs long beside the instruction, as SQuAD's are: three questions on A, two on B, one each on C, D
+    story = {k: f" The {k} mill stood by the river{k[:3]}." * n for k, n in
+             (("alder", 7), ("birch", 6), ("cedar", 8), ("damson", 7))}
+    for ex, key in zip(exs, ["alder"] * 3 + ["birch"] * 2 + ["cedar", "damson"], strict=True):
+        ex.context = ex.context + story[key]
+    for ex in exs[1:3]:
+        ex.context = exs[0].context
+    exs[4].context = exs[3].context
+    features = task.features(exs, tokenizer, options(max_new_tokens=5, version_2=True), 512, training=False)
+    prompts = features.prompt_ids
+    batches, prefix_of = prefix_sharing_batches(prompts, 4)
+    assert sorted(i for b in batches for i in b) == list(range(7)) and all(len(b) <= 4 for b in batches)
+    assert [bool(n) for n in prefix_of] == [True] * 5 + [False] * 2
+    assert prefix_of[0] == prefix_of[1] == prefix_of[2] and prefix_of[3] == prefix_of[4]
+    assert all(0 < prefix_of[i] < len(prompts[i]) for i in range(5))
+
+    class Counting(torch.nn.Module):  # counts the prompt tokens each pass feeds the model
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner, self.fed = inner, 0
+
+        def forward(self, input_ids: Any, *args: Any, **kwargs: Any) -> Any:
+            if input_ids.shape[1] > 1:
+                self.fed += int(input_ids.numel())
+            return self.inner(input_ids, *args, **kwargs)
+
+    module = Counting(task.wrap(model).eval())
+    gen = features.generation
+    batched, lp, na = greedy(module, prompts, gen, 4, "cpu", "fp32", no_answer=gen.no_answer_ids)
+    shared_fed = module.fed
+    for i, prompt in enumerate(prompts):
+        alone, lp1, na1 = greedy(module, [prompt], gen, 1, "cpu", "fp32", no_answer=gen.no_answer_ids)
+        assert alone[0].tolist() == batched[i].tolist(), i
+        assert lp1[0] == pytest.approx(lp[i], abs=1e-3) and na1[0] == pytest.approx(na[i], abs=1e-3)
+    # one pass per prompt feeds at least every prompt token; the shared passes, padding included, feed fewer
+    assert shared_fed < sum(len(p) for p in prompts)
+
+
 def test_chat_template_and_plain_prompts(gpt2_dir: Path, llama_dir: Path, data: dict[str, Path]) -> None:
     task = get_task("generative")
     ex = examples(data["dev"])[:1]

@@ -184,6 +184,43 @@ def test_dropout_draws_the_same_masks_as_hugging_face(tmp_path: Path) -> None:
     assert dropout(x, 0.25, False) is x and dropout(x, 0.0, True) is x
 
 
+def test_skipping_padding_keeps_seeded_training_in_step_with_hugging_face(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With skip_padding on and a batch a third padding, seeded training steps give Hugging Face's loss:
+    classification runs packed (dropout masks drawn over the padded grid, real rows kept), QA computes the
+    padded positions while training because its loss reads them; QA inference still skips them."""
+    import qatune.native.bert as native_bert
+
+    packed_calls = []
+    real_packed_rows = native_bert.packed_rows
+    monkeypatch.setattr(native_bert, "packed_rows", lambda *a: packed_calls.append(a) or real_packed_rows(*a))
+    inputs = batch(lengths=(30, 9, 17, 23))
+    assert float(inputs["attention_mask"].float().mean()) < 0.9
+    targets = {transformers.BertForQuestionAnswering: {"start_positions": torch.tensor([3, 0, 4, 5]),
+                                                       "end_positions": torch.tensor([6, 2, 7, 5])},
+               transformers.BertForSequenceClassification: {"labels": torch.tensor([0, 2, 1, 1])}}
+    for hf_cls, native_cls in ((transformers.BertForQuestionAnswering, BertForQuestionAnswering),
+                               (transformers.BertForSequenceClassification, BertForSequenceClassification)):
+        torch.manual_seed(5)
+        labels = {"num_labels": 3} if native_cls is BertForSequenceClassification else {}
+        hf = hf_cls(hf_config(**CONFIGS["h48-gelu_new"], hidden_dropout_prob=0.1, **labels)).train()
+        native = native_cls.from_pretrained(save_hf(hf, tmp_path / hf_cls.__name__)).train()
+        native.bert.skip_padding = True
+        packed_calls.clear()
+        for step in range(2):
+            torch.manual_seed(100 + step)
+            h_loss = hf(**inputs, **targets[hf_cls]).loss
+            torch.manual_seed(100 + step)
+            assert abs(native(**inputs, **targets[hf_cls]).loss.item() - h_loss.item()) <= TOL, hf_cls.__name__
+        assert len(packed_calls) == (2 if native_cls is BertForSequenceClassification else 0)
+    qa = BertForQuestionAnswering.from_pretrained(tmp_path / "BertForQuestionAnswering").eval()
+    qa.bert.skip_padding = True
+    packed_calls.clear()
+    with torch.no_grad():
+        qa(**inputs)
+    assert len(packed_calls) == 1  # inference skips
+
+
 def test_save_pretrained_loads_in_transformers_with_the_same_outputs(tmp_path: Path) -> None:
     """HF -> native -> save_pretrained -> HF: no missing or unexpected keys, same outputs, same key set."""
     torch.manual_seed(4)

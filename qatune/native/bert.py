@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from qatune.errors import ModelError
 from qatune.native import convert
 from qatune.native.functional import dropout as _dropout
+from qatune.native.functional import packed_rows
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -415,8 +416,9 @@ class BertModel(BertPreTrainedModel):
 
     ``skip_padding``: run embeddings, projections, feed-forward and layer norms on the real tokens only,
     when at least ``SKIP_PADDING_MIN`` of the batch is padding. Outputs at real positions are unchanged;
-    hidden states at padded positions come back as zeros (Hugging Face computes values there that nothing
-    should read). Measured on MiniLM (docs/benchmarks.md): 1.8x at 52% padding, but 0.92-0.99x at 4%, where
+    hidden states at padded positions come back as zeros (Hugging Face computes values there; the QA head's
+    training loss reads them, so ``BertForQuestionAnswering`` computes them while training). Dropout then
+    draws its masks over the padded grid (``functional.packed_rows``), so seeded runs stay in step. Measured on MiniLM (docs/benchmarks.md): 1.8x at 52% padding, but 0.92-0.99x at 4%, where
     the gather/scatter costs more than the padding it saves -- hence the threshold.
     """
 
@@ -434,7 +436,8 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> BaseModelOutput:
+                token_type_ids: torch.Tensor | None = None, skip_padding: bool | None = None) -> BaseModelOutput:
+        """``skip_padding``: None follows ``self.skip_padding``; False computes the padded grid this once."""
         batch, length = input_ids.shape
         if length > self.config.max_position_embeddings:
             raise ModelError(f"input of {length} tokens is longer than max_position_embeddings "
@@ -444,7 +447,8 @@ class BertModel(BertPreTrainedModel):
         key_mask = None
         if attention_mask is not None and (tracing or not bool(attention_mask.all())):
             key_mask = attention_mask.bool().view(batch, 1, 1, length)
-        skip = self.skip_padding and key_mask is not None and not tracing and (
+        allowed = self.skip_padding if skip_padding is None else skip_padding
+        skip = allowed and key_mask is not None and not tracing and (
             1.0 - float(attention_mask.sum()) / attention_mask.numel() >= self.SKIP_PADDING_MIN)
         if not skip:
             tokens = Tokens(batch, length, key_mask)
@@ -455,8 +459,9 @@ class BertModel(BertPreTrainedModel):
             positions = torch.arange(length, device=input_ids.device).expand(batch, length)
             tokens = Tokens(batch, length, key_mask, index)
             types = None if token_type_ids is None else token_type_ids.reshape(-1)[index]
-            packed = self.embeddings(input_ids.reshape(-1)[index], types, positions.reshape(-1)[index])
-            packed = self.encoder(packed, tokens)
+            with packed_rows(batch * length, index):  # dropout masks as the padded model draws them
+                packed = self.embeddings(input_ids.reshape(-1)[index], types, positions.reshape(-1)[index])
+                packed = self.encoder(packed, tokens)
             hidden = packed.new_zeros(batch * length, packed.shape[-1]).index_copy(0, index, packed)
             hidden = hidden.view(batch, length, -1)
         pooled = self.pooler(hidden) if self.pooler is not None else None
@@ -479,7 +484,11 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, start_positions: torch.Tensor | None = None,
                 end_positions: torch.Tensor | None = None) -> QuestionAnsweringOutput:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        # The loss (as Hugging Face's) takes its softmax over every position, padding included, so training
+        # computes the padded positions too: skipping them would change the loss, not only the speed.
+        # Inference skips them (the answer search reads real tokens only).
+        hidden = self.bert(input_ids, attention_mask, token_type_ids,
+                           skip_padding=False if self.training else None).last_hidden_state
         start, end = self.qa_outputs(hidden).unbind(-1)
         start, end = start.contiguous(), end.contiguous()
         loss = None

@@ -88,6 +88,79 @@ def answer_loss(module: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                                              ignore_index=-100)
 
 
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
+
+
+def prefix_sharing_batches(prompts: Sequence[np.ndarray], batch_size: int, min_shared: int = 16
+                           ) -> tuple[list[list[int]], list[int]]:
+    """Generation batches, and per prompt how many leading tokens it shares with the other prompts of its group.
+
+    SQuAD asks several questions about one paragraph, and the prompt puts the context before the question,
+    so those prompts share all but their last few dozen tokens. Prompts are grouped when they share at least
+    half of the shorter one (and ``min_shared`` tokens): a boilerplate system prompt alone does not group
+    them. A group's prefix is computed once per batch and its KV cache shared (:func:`_prompt_pass`), which
+    removes most of the prompt pass, the bulk of generation's cost. Groups are batched longest first and
+    kept together where they fit; without any sharing this is exactly :func:`sorted_batches`. The shared
+    length stops one token short of the shortest member, so every prompt keeps a token of its own.
+    """
+    lengths = np.array([len(p) for p in prompts])
+    order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i].tolist()))
+    groups: list[list[int]] = []
+    shared: list[int] = []
+    for prev, cur in zip([None, *order[:-1]], order, strict=True):
+        lcp = _common_prefix(prompts[prev], prompts[cur]) if prev is not None else 0
+        if prev is not None and lcp >= max(min_shared, 0.5 * min(lengths[prev], lengths[cur])):
+            groups[-1].append(cur)
+            shared[-1] = min(shared[-1], lcp)
+        else:
+            groups.append([cur])
+            shared.append(lengths[cur])
+    prefix_of = [0] * len(prompts)
+    for members, lcp in zip(groups, shared, strict=True):
+        for i in members:
+            prefix_of[i] = int(min(lcp, lengths[members].min() - 1)) if len(members) > 1 else 0
+    if all(len(g) == 1 for g in groups):
+        return list(sorted_batches(lengths, batch_size)), prefix_of
+    for members in groups:
+        members.sort(key=lambda i: (-lengths[i], i))
+    groups.sort(key=lambda g: (-lengths[g[0]], g[0]))
+    flat = [i for g in groups for i in g]
+    return [flat[lo: lo + batch_size] for lo in range(0, len(flat), batch_size)], prefix_of
+
+
+def _prompt_pass(module: Any, prompts: Sequence[np.ndarray], prefixes: Sequence[int], pad_id: int, device: Any
+                 ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """The forward pass over a batch's prompts: ``(last-position logits, KV cache, attention mask, last
+    positions)``. Rows that share a prefix (``prefixes[i]`` tokens, 0 = none) run it once; the cache rows are
+    then copied to every row of that prefix and each row's own tail runs on top. The mask then holds two
+    left-padded parts, ``[prefix | tail]``, with positions running on from the prefix, so each row computes
+    what it would alone."""
+    if not any(prefixes):
+        feeds = {k: v.to(device) for k, v in left_pad(list(prompts), pad_id).items()}
+        logits, cache = module(feeds["input_ids"], feeds["attention_mask"], feeds["position_ids"], use_cache=True,
+                               logits_to_keep=1)
+        return logits, cache, feeds["attention_mask"], feeds["position_ids"][:, -1:]
+    # a row sharing nothing runs all but its last token as its own "prefix": one code path for every row
+    cut = [n if n else len(p) - 1 for p, n in zip(prompts, prefixes, strict=True)]
+    keys = [tuple(p[:n].tolist()) for p, n in zip(prompts, cut, strict=True)]
+    unique = list(dict.fromkeys(keys))
+    head = {k: v.to(device) for k, v in left_pad([np.array(k, dtype=np.int64) for k in unique], pad_id).items()}
+    _, cache = module(head["input_ids"], head["attention_mask"], head["position_ids"], use_cache=True,
+                      logits_to_keep=1)
+    rows = torch.tensor([unique.index(k) for k in keys], device=device)
+    cache.reorder_cache(rows)
+    tail = {k: v.to(device) for k, v in left_pad([p[n:] for p, n in zip(prompts, cut, strict=True)],
+                                                  pad_id).items()}
+    mask = torch.cat([head["attention_mask"][rows], tail["attention_mask"]], dim=1)
+    offset = torch.tensor(cut, device=device)[:, None]
+    positions = tail["position_ids"] + offset
+    logits, cache = module(tail["input_ids"], mask, positions, cache=cache, use_cache=True, logits_to_keep=1)
+    return logits, cache, mask, positions[:, -1:]
+
+
 @torch.inference_mode()
 def score_continuations(module: Any, prompts: Sequence[np.ndarray], continuations: Sequence[np.ndarray],
                         pad_id: int, batch_size: int, device: Any, precision: str) -> np.ndarray:
@@ -129,13 +202,12 @@ def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_si
     logprobs = np.zeros(len(prompts), dtype=np.float64)
     no_answer_lp = np.full(len(prompts), np.nan)
     stops = torch.tensor(gen.stop_ids, device=device)
-    batches = list(sorted_batches(np.array([len(p) for p in prompts]), batch_size))
+    batches, prefix_of = prefix_sharing_batches(prompts, batch_size)
     for indices in tqdm(batches, desc="generating", unit="batch", disable=not progress):
-        feeds = {k: v.to(device) for k, v in left_pad([prompts[i] for i in indices], gen.pad_id).items()}
-        mask, positions = feeds["attention_mask"], feeds["position_ids"][:, -1:]
-        rows = feeds["input_ids"].shape[0]
         with runtime.autocast(device, precision):
-            logits, cache = module(feeds["input_ids"], mask, feeds["position_ids"], use_cache=True, logits_to_keep=1)
+            logits, cache, mask, positions = _prompt_pass(module, [prompts[i] for i in indices],
+                                                          [prefix_of[i] for i in indices], gen.pad_id, device)
+        rows = mask.shape[0]
         first = torch.log_softmax(logits[:, -1].float(), dim=-1)
         if no_answer:
             text = torch.tensor(list(no_answer), device=device).expand(rows, -1)
