@@ -111,16 +111,26 @@ class Scripted(torch.nn.Module):
     def __init__(self, scripts: list[list[int]], vocab: int = 20) -> None:
         super().__init__()
         self.scripts, self.vocab = scripts, vocab
-        self.seen = 0
+        self.widths: list[int] = []  # rows per forward pass
         self.training = False
+
+    class Cache:  # which scripts the rows still in the batch follow (finished rows leave it)
+        def __init__(self, rows: list[int], step: int) -> None:
+            self.rows, self.step = rows, step
+
+        def batch_select_indices(self, keep: torch.Tensor) -> None:
+            self.rows = [self.rows[i] for i in keep.tolist()]
 
     def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, cache: Any = None,
                 use_cache: bool = False, logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
-        step = 0 if cache is None else cache["step"] + 1
-        logits = torch.full((input_ids.shape[0], 1, self.vocab), -10.0)
-        for row, script in enumerate(self.scripts):
+        rows = list(range(len(self.scripts))) if cache is None else cache.rows
+        step = 0 if cache is None else cache.step + 1
+        assert input_ids.shape[0] == len(rows) == attention_mask.shape[0] == position_ids.shape[0]
+        logits = torch.full((len(rows), 1, self.vocab), -10.0)
+        for row, script in enumerate(self.scripts[r] for r in rows):
             logits[row, 0, script[min(step, len(script) - 1)]] = 10.0
-        return logits, {"step": step}
+        self.widths.append(len(rows))
+        return logits, self.Cache(rows, step)
 
 
 def test_generation_stops_at_eos_or_newline_per_row_and_at_max_new_tokens() -> None:
@@ -137,6 +147,7 @@ def test_generation_stops_at_eos_or_newline_per_row_and_at_max_new_tokens() -> N
     module = Scripted([scripts[i] for i in order])
     tokens, logprobs, _ = greedy(module, prompts, gen, batch_size=8, device="cpu", precision="fp32")
     assert [t.tolist() for t in tokens] == [[5, 6, 1], [5, 2], [9, 9, 9, 9, 9, 9]]
+    assert module.widths == [3, 3, 2, 1, 1, 1]  # prompt pass, then a stopped row leaves the batch
     assert all(-1e-3 < lp <= 0 for lp in logprobs)  # each chosen token is near-certain
 
 

@@ -189,7 +189,8 @@ def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_si
     summed log-probability, and the summed log-probability of the ``no_answer`` tokens (NaN without).
 
     Batches of similar length, left-padded; one forward pass over the prompts, then one per new token over
-    the KV cache; a batch ends when every row has stopped or ``max_new_tokens`` is reached. With
+    the KV cache; once a quarter of a batch's rows have stopped they leave the cache, and a batch ends when
+    every row has stopped or ``max_new_tokens`` is reached. With
     ``no_answer`` (SQuAD v2) its tokens are scored on the prompts' cache, the cache is cropped back to the
     prompts, and the first answer token may not be the no-answer text's first token: every question then has
     a real answer candidate and a no-answer likelihood, whose difference the threshold decides on.
@@ -223,25 +224,30 @@ def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_si
                 cache.crop(-(text.shape[1] - 1))  # back to the prompts: the answer is generated from there
             no_answer_lp[list(indices)] = score.cpu().numpy()
             first[:, int(no_answer[0])] = -torch.inf
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        generated = torch.full((rows, gen.max_new_tokens), gen.pad_id, dtype=torch.long, device=device)
         total = torch.zeros(rows, dtype=torch.float64, device=device)
-        steps: list[torch.Tensor] = []
+        live = torch.arange(rows, device=device)  # the batch rows the cache holds, in its order
+        done = torch.zeros(rows, dtype=torch.bool, device=device)  # per cache row
         logp = first
         for step in range(gen.max_new_tokens):
             if step:
                 logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
             chosen = logp.argmax(-1)
-            total += torch.where(done, 0.0, logp.gather(-1, chosen[:, None])[:, 0].double())
+            total[live] += torch.where(done, 0.0, logp.gather(-1, chosen[:, None])[:, 0].double())
             chosen = torch.where(done, gen.pad_id, chosen)
-            steps.append(chosen)
+            generated[live, step] = chosen
             done |= torch.isin(chosen, stops)
             if bool(done.all()) or step + 1 == gen.max_new_tokens:
                 break
-            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+            if 4 * int(done.sum()) >= len(live):  # a quarter has stopped: the rest decode without them
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live, chosen, mask, positions, done = live[keep], chosen[keep], mask[keep], positions[keep], done[keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions + 1
             with runtime.autocast(device, precision):
                 logits, cache = module(chosen[:, None], mask, positions, cache=cache, use_cache=True)
-        generated = torch.stack(steps, dim=1).cpu().numpy()
+        generated = generated.cpu().numpy()
         stop_set = set(gen.stop_ids)
         for row, i in enumerate(indices):
             seq = generated[row]
