@@ -2,8 +2,9 @@
 
 Same model (default: the embedded SmolLM2-135M-Instruct), same questions (the first N of dev-v1.1), same
 prompts (qatune's, so the inputs are identical), greedy, at most 32 new tokens, fp32 on both sides.
-qatune: length-sorted batches, left-padded, one prompt pass then one pass per new token over the KV cache,
-a batch ends when every row has hit EOS or a newline. Reference: ``model.generate(input_ids,
+qatune: batches of questions whose prompts share a prefix (the same paragraph) run that prefix once and copy
+its KV cache to each row, then each row's own tail; left-padded, longest first; one pass per new token over
+the KV cache, rows that have stopped leave the batch, and a batch ends when every row has hit EOS or a newline. Reference: ``model.generate(input_ids,
 max_new_tokens=32, do_sample=False, eos_token_id=<the same stop tokens>)`` per question with transformers'
 defaults otherwise. Answers are decoded the same way and compared one by one.
 
@@ -63,7 +64,7 @@ def main() -> None:
     n = len(examples)
     same = sum(a == b for a, b in zip(ours, theirs, strict=True))
     print_table(["generation", "wall (s)", "questions/s", "same answers"], [
-        [f"qatune batched (batch {args.batch_size}, left-padded, KV cache, greedy)", round(ours_s, 1),
+        [f"qatune batched (batch {args.batch_size}, shared prefixes, KV cache, greedy)", round(ours_s, 1),
          round(n / ours_s, 2), f"{same}/{n}"],
         ["model.generate, one question at a time (transformers defaults, greedy)", round(theirs_s, 1),
          round(n / theirs_s, 2), ""],
