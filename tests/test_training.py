@@ -105,6 +105,28 @@ def test_interrupted_training_resumes_to_the_same_result(tiny_model_dir, tmp_pat
     assert any(k for k in wa if "lora_B" in k and wa[k].abs().max() > 1e-4)
 
 
+def test_resume_with_overwrite_continues_the_checkpoint(tiny_model_dir, tmp_path, cache_dir, capsys):
+    """What `qatune compare` passes for an interrupted method (--resume --overwrite): a matching checkpoint
+    is continued, not deleted (it was, before: the whole epoch was trained again); one written with other
+    settings is started over, with a line saying so."""
+    a = qatune.train(config(tiny_model_dir, tmp_path / "a", cache_dir), progress=False)
+    out = tmp_path / "b"
+    qatune.train(config(tiny_model_dir, out, cache_dir, stop_after_steps=STEPS_PER_EPOCH), progress=False)
+    b = qatune.train(config(tiny_model_dir, out, cache_dir, resume=True, overwrite=True), progress=False)
+    assert b.status == "finished"
+    assert "resumed from" in capsys.readouterr().err
+    hist_a, hist_b = a.history, json.loads((out / "history.json").read_text())
+    assert [h["train_loss"] for h in hist_b] == pytest.approx([h["train_loss"] for h in hist_a], abs=1e-6)
+
+    other = tmp_path / "c"
+    qatune.train(config(tiny_model_dir, other, cache_dir, stop_after_steps=STEPS_PER_EPOCH), progress=False)
+    c = qatune.train(config(tiny_model_dir, other, cache_dir, resume=True, overwrite=True, lora={"r": 4}),
+                     progress=False)
+    assert c.status == "finished" and c.history[0]["step"] == STEPS_PER_EPOCH
+    err = capsys.readouterr().err
+    assert "written with other settings; starting over" in err and "resumed from" not in err
+
+
 def test_finished_output_dir_needs_overwrite(tiny_model_dir, tmp_path, cache_dir):
     out = tmp_path / "run"
     small = dict(max_train_samples=4, epochs=1, do_eval=False)

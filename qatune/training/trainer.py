@@ -97,13 +97,9 @@ def _check_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dic
     folder of the model being read, a finished run or a checkpoint without --overwrite/--resume, and a
     checkpoint written with other training settings (see qatune/rundir.py for the write rule)."""
     rundir.check_output(out, "run", models=[base_model], overwrite=bool(cfg.overwrite))
-    if cfg.overwrite:
+    if _resumable(cfg, out, fingerprint) or cfg.overwrite:
         return
     if has_checkpoint(out):
-        if cfg.resume:
-            _check_fingerprint(out, fingerprint)
-            verify_checkpoint(out)
-            return
         raise ConfigError(f"{out} holds an unfinished run's checkpoint; pass --resume to continue it, "
                           "--overwrite to start over, or choose another --output")
     if (out / RUN_CONFIG).is_file():
@@ -485,11 +481,31 @@ class _Stop(Exception):
     """Internal: stop_after_steps reached; the checkpoint is saved."""
 
 
+def _resumable(cfg: TrainConfig, out: Path, fingerprint: dict[str, Any]) -> bool:
+    """--resume and a checkpoint written with these training settings: continue it. A checkpoint written with
+    other settings is refused, naming them; with --overwrite as well (what `qatune compare` passes) it is
+    started over instead. Either way, --overwrite never removes a checkpoint that --resume continues."""
+    if not (cfg.resume and has_checkpoint(out)):
+        return False
+    try:
+        _check_fingerprint(out, fingerprint)
+        verify_checkpoint(out)
+    except QatuneError:
+        if cfg.overwrite:
+            return False
+        raise
+    return True
+
+
 def _prepare_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dict[str, Any]) -> None:
     """Check again (the folder may have changed while the inputs loaded), then create it or, with
-    --overwrite, remove only the files qatune's previous run there wrote."""
+    --overwrite and nothing to resume, remove only the files qatune's previous run there wrote."""
     _check_output(cfg, out, base_model, fingerprint)
-    rundir.prepare_output(out, "run", overwrite=bool(cfg.overwrite), models=[base_model])
+    resuming = _resumable(cfg, out, fingerprint)
+    if cfg.resume and cfg.overwrite and not resuming and has_checkpoint(out):
+        _log(f"--resume --overwrite: the checkpoint in {out} was written with other settings; starting over")
+    overwrite = bool(cfg.overwrite) and not resuming
+    rundir.prepare_output(out, "run", overwrite=overwrite, models=[base_model])
 
 
 def _interrupted_message(out: Path) -> str:
