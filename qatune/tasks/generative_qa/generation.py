@@ -138,7 +138,7 @@ def _prompt_pass(module: Any, prompts: Sequence[np.ndarray], prefixes: Sequence[
     then copied to every row of that prefix and each row's own tail runs on top. The mask then holds two
     left-padded parts, ``[prefix | tail]``, with positions running on from the prefix, so each row computes
     what it would alone."""
-    if not any(prefixes):
+    if not any(prefixes) or min(len(p) for p in prompts) < 2:  # (a 1-token prompt has no prefix to run)
         feeds = {k: v.to(device) for k, v in left_pad(list(prompts), pad_id).items()}
         logits, cache = module(feeds["input_ids"], feeds["attention_mask"], feeds["position_ids"], use_cache=True,
                                logits_to_keep=1)
