@@ -4,7 +4,8 @@ Same model (default: the embedded SmolLM2-135M-Instruct), same questions (the fi
 prompts (qatune's, so the inputs are identical), greedy, at most 32 new tokens, fp32 on both sides.
 qatune: batches of questions whose prompts share a prefix (the same paragraph) run that prefix once and copy
 its KV cache to each row, then each row's own tail; left-padded, longest first; one pass per new token over
-the KV cache, rows that have stopped leave the batch, and a batch ends when every row has hit EOS or a newline. Reference: ``model.generate(input_ids,
+the KV cache, rows that have stopped leave the batch, and a batch ends when every row has hit EOS or a
+newline. Reference: ``model.generate(input_ids,
 max_new_tokens=32, do_sample=False, eos_token_id=<the same stop tokens>)`` per question with transformers'
 defaults otherwise. Answers are decoded the same way and compared one by one.
 

@@ -418,8 +418,9 @@ class BertModel(BertPreTrainedModel):
     when at least ``SKIP_PADDING_MIN`` of the batch is padding. Outputs at real positions are unchanged;
     hidden states at padded positions come back as zeros (Hugging Face computes values there; the QA head's
     training loss reads them, so ``BertForQuestionAnswering`` computes them while training). Dropout then
-    draws its masks over the padded grid (``functional.packed_rows``), so seeded runs stay in step. Measured on MiniLM (docs/benchmarks.md): 1.8x at 52% padding, but 0.92-0.99x at 4%, where
-    the gather/scatter costs more than the padding it saves -- hence the threshold.
+    draws its masks over the padded grid (``functional.packed_rows``), so seeded runs stay in step.
+    Measured on MiniLM (docs/benchmarks.md): 1.8x at 52% padding, but 0.92-0.99x at 4%, where the
+    gather/scatter costs more than the padding it saves -- hence the threshold.
     """
 
     SKIP_PADDING_MIN: ClassVar[float] = 0.10

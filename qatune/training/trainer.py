@@ -92,19 +92,23 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=True)
 
 
-def _check_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dict[str, Any]) -> None:
+def _check_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dict[str, Any]) -> bool:
     """Refuse, before anything is loaded or removed: a folder that is not empty and not a qatune run, the
     folder of the model being read, a finished run or a checkpoint without --overwrite/--resume, and a
-    checkpoint written with other training settings (see qatune/rundir.py for the write rule)."""
+    checkpoint written with other training settings (see qatune/rundir.py for the write rule). Returns
+    whether the checkpoint there is to be resumed."""
     rundir.check_output(out, "run", models=[base_model], overwrite=bool(cfg.overwrite))
-    if _resumable(cfg, out, fingerprint) or cfg.overwrite:
-        return
+    if _resumable(cfg, out, fingerprint):
+        return True
+    if cfg.overwrite:
+        return False
     if has_checkpoint(out):
         raise ConfigError(f"{out} holds an unfinished run's checkpoint; pass --resume to continue it, "
                           "--overwrite to start over, or choose another --output")
     if (out / RUN_CONFIG).is_file():
         raise ConfigError(f"{out} already holds a finished run" + (" (nothing to resume)" if cfg.resume else "")
                           + "; choose another --output or pass --overwrite")
+    return False
 
 
 # files every run writes; the task (its evaluation files) and the backend (model files) add theirs, and the
@@ -500,8 +504,7 @@ def _resumable(cfg: TrainConfig, out: Path, fingerprint: dict[str, Any]) -> bool
 def _prepare_output(cfg: TrainConfig, out: Path, base_model: str, fingerprint: dict[str, Any]) -> None:
     """Check again (the folder may have changed while the inputs loaded), then create it or, with
     --overwrite and nothing to resume, remove only the files qatune's previous run there wrote."""
-    _check_output(cfg, out, base_model, fingerprint)
-    resuming = _resumable(cfg, out, fingerprint)
+    resuming = _check_output(cfg, out, base_model, fingerprint)
     if cfg.resume and cfg.overwrite and not resuming and has_checkpoint(out):
         _log(f"--resume --overwrite: the checkpoint in {out} was written with other settings; starting over")
     overwrite = bool(cfg.overwrite) and not resuming

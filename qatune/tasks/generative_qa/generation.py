@@ -146,11 +146,11 @@ def _prompt_pass(module: Any, prompts: Sequence[np.ndarray], prefixes: Sequence[
     # a row sharing nothing runs all but its last token as its own "prefix": one code path for every row
     cut = [n if n else len(p) - 1 for p, n in zip(prompts, prefixes, strict=True)]
     keys = [tuple(p[:n].tolist()) for p, n in zip(prompts, cut, strict=True)]
-    unique = list(dict.fromkeys(keys))
-    head = {k: v.to(device) for k, v in left_pad([np.array(k, dtype=np.int64) for k in unique], pad_id).items()}
+    slot = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # each distinct prefix, in first-seen order
+    head = {k: v.to(device) for k, v in left_pad([np.array(k, dtype=np.int64) for k in slot], pad_id).items()}
     _, cache = module(head["input_ids"], head["attention_mask"], head["position_ids"], use_cache=True,
                       logits_to_keep=1)
-    rows = torch.tensor([unique.index(k) for k in keys], device=device)
+    rows = torch.tensor([slot[k] for k in keys], device=device)
     cache.reorder_cache(rows)
     tail = {k: v.to(device) for k, v in left_pad([p[n:] for p, n in zip(prompts, cut, strict=True)],
                                                   pad_id).items()}
@@ -188,10 +188,9 @@ def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_si
     """Greedy answers: per prompt the generated tokens (the stop token included when one was reached), their
     summed log-probability, and the summed log-probability of the ``no_answer`` tokens (NaN without).
 
-    Batches of similar length, left-padded; one forward pass over the prompts, then one per new token over
-    the KV cache; once a quarter of a batch's rows have stopped they leave the cache, and a batch ends when
-    every row has stopped or ``max_new_tokens`` is reached. With
-    ``no_answer`` (SQuAD v2) its tokens are scored on the prompts' cache, the cache is cropped back to the
+    Batches from :func:`prefix_sharing_batches`, left-padded; one prompt pass (:func:`_prompt_pass`), then
+    one per new token over the KV cache; once a quarter of a batch's rows have stopped they leave the cache,
+    and a batch ends when every row has stopped or ``max_new_tokens`` is reached. With ``no_answer`` (SQuAD v2) its tokens are scored on the prompts' cache, the cache is cropped back to the
     prompts, and the first answer token may not be the no-answer text's first token: every question then has
     a real answer candidate and a no-answer likelihood, whose difference the threshold decides on.
     """
