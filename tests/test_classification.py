@@ -170,7 +170,8 @@ def test_every_method_trains_saves_and_reloads_with_its_head(method: str, tiny_m
 
 @pytest.mark.parametrize("fusion", ["none", "concat", "text"])
 def test_each_fusion_feeds_the_columns_its_way(fusion: str, tiny_model_dir: Path, data: tuple[Path, Path],
-                                              tmp_path: Path, one_thread: None) -> None:
+                                              tmp_path: Path, one_thread: None,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / fusion
     train(tiny_model_dir, data, out, method="lora", epochs=1, fusion=fusion)
     predictor = qatune.load(str(out))
@@ -183,6 +184,16 @@ def test_each_fusion_feeds_the_columns_its_way(fusion: str, tiny_model_dir: Path
     features = task.features([example], predictor.tokenizer, None, 64, training=False)
     decoded = predictor.tokenizer.decode(features.input_ids[0])
     assert ("tag1 : go" in decoded) == (fusion == "text"), decoded
+    # columns written as text that fill most of a short budget get a note while training, not at inference
+    capsys.readouterr()
+    task.features([example] * 3, predictor.tokenizer, None, 64, training=True)
+    task.features([example] * 3, predictor.tokenizer, None, 8, training=False)
+    assert "fusion text" not in capsys.readouterr().err
+    task.features([example] * 3, predictor.tokenizer, None, 8, training=True)
+    note = capsys.readouterr().err
+    assert ("fusion text: the tabular columns written as text take" in note) == (fusion == "text"), note
+    if fusion == "text":
+        assert "of the 8 tokens (median of 3 rows)" in note and "use fusion concat" in note
     feeds = task.feeds(features, [0], predictor.tokenizer.pad_token_id)
     assert ("categorical" in feeds) == (fusion == "concat")
     if fusion == "concat":
