@@ -70,7 +70,11 @@ def _hf_progress_bars(enabled: bool) -> bool | None:
     if hf_logging is None:
         return None
     before = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    with warnings.catch_warnings():
+        # huggingface_hub warns on enable when HF_HUB_DISABLE_PROGRESS_BARS was set as it was imported (by the
+        # user, or by quieted() itself when the hub is first imported inside a call); its bars stay off then
+        warnings.simplefilter("ignore")
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
     return before
 
 

@@ -116,3 +116,23 @@ def test_weights_missing_from_a_checkpoint_are_reported(tiny_model_dir: Path, tm
         load_model_for_task(str(broken), "AutoModelForQuestionAnswering")
     err = capsys.readouterr().err
     assert "weights of the encoder" in err and "task head" not in err
+
+
+def test_an_api_call_ends_without_a_note_when_hub_bars_are_disabled(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``import qatune; qatune.evaluate(...)`` imports huggingface_hub inside the call, with the quiet
+    environment set, so the hub reads HF_HUB_DISABLE_PROGRESS_BARS=1 for good; restoring the bars at the
+    end of the call must not print the hub's "Cannot enable progress bars" warning as a qatune note."""
+    import importlib
+
+    import transformers.utils.logging  # noqa: F401  (the bars quieted() switches)
+
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module: its package exports a class so named
+
+    from qatune.quiet import quieted
+
+    monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+    capsys.readouterr()
+    with quieted():
+        pass
+    assert capsys.readouterr().err == ""
