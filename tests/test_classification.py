@@ -194,6 +194,8 @@ def test_each_fusion_feeds_the_columns_its_way(fusion: str, tiny_model_dir: Path
     assert ("fusion text: the tabular columns written as text take" in note) == (fusion == "text"), note
     if fusion == "text":
         assert "of the 8 tokens (median of 3 rows)" in note and "use fusion concat" in note
+    task.features([example] * 3, predictor.tokenizer, None, 8, training=True)  # training's second split
+    assert "fusion text" not in capsys.readouterr().err  # said once
     feeds = task.feeds(features, [0], predictor.tokenizer.pad_token_id)
     assert ("categorical" in feeds) == (fusion == "concat")
     if fusion == "concat":

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from qatune import runtime
 from qatune.errors import ConfigError, DataError, ModelError
 from qatune.tasks.base import (
     EvalResult,
@@ -87,20 +88,21 @@ def tabular_text(example: ClassifyExample, options: ClassifyOptions) -> str:
     return "; ".join(parts)
 
 
-def _warn_if_columns_crowd_out_text(examples: Sequence[ClassifyExample], tokenizer: Any, options: ClassifyOptions,
-                                    max_seq_length: int) -> None:
+def _columns_crowd_out_text(examples: Sequence[ClassifyExample], tokenizer: Any, options: ClassifyOptions,
+                            max_seq_length: int) -> str | None:
     """Fusion ``text`` writes the columns before the text, in the same token budget: with long column names
     and a short ``max_seq_length`` they leave the model little of the text (measured on Stack Overflow: 52 of
-    64 tokens, and 3-4 points of accuracy lost), so say so while there is time to change it."""
+    64 tokens, and 3-4 points of accuracy lost). Returns the note that says so, None when they fit."""
     sample = [tabular_text(e, options) for e in examples[:256]]
     if not sample:
-        return
+        return None
     used = sorted(len(ids) for ids in tokenizer(sample, add_special_tokens=True)["input_ids"])
     median = used[len(used) // 2]
-    if median > max_seq_length // 2:
-        print(f"qatune: note: fusion text: the tabular columns written as text take {median} of the "
-              f"{max_seq_length} tokens (median of {len(sample)} rows), leaving {max(max_seq_length - median, 0)} "
-              "for the text; raise max_seq_length or use fusion concat", file=sys.stderr, flush=True)
+    if median <= max_seq_length // 2:
+        return None
+    return (f"fusion text: the tabular columns written as text take {median} of the {max_seq_length} tokens "
+            f"(median of {len(sample)} rows), leaving {max(max_seq_length - median, 0)} for the text; raise "
+            "max_seq_length or use fusion concat")
 
 
 class ClassificationTask:
@@ -137,6 +139,7 @@ class ClassificationTask:
         self.state = state
         self.run_dir = run_dir
         self.trained = trained
+        self._crowding_noted = False  # fusion text: the columns-crowd-out-text note was printed
         if options is not None and self.active_tabular:
             extra = [ExtraInput("numeric", "float32", (2 * len(options.numeric_columns),))] * bool(
                 options.numeric_columns)
@@ -243,8 +246,11 @@ class ClassificationTask:
         limit = max_seq_length * TEXT_CHARS_PER_TOKEN
         if opts.fusion == "text" and (opts.numeric_columns or opts.categorical_columns):
             texts = [f"{tabular_text(e, opts)}{opts.text_separator}{e.text}"[:limit] for e in examples]
-            if training:
-                _warn_if_columns_crowd_out_text(examples, tokenizer, opts, max_seq_length)
+            if training and not self._crowding_noted:  # training reads two splits: one note, from one process
+                note = _columns_crowd_out_text(examples, tokenizer, opts, max_seq_length)
+                if note and runtime.is_main_process():
+                    print(f"qatune: note: {note}", file=sys.stderr, flush=True)
+                self._crowding_noted = note is not None
         else:
             texts = [e.text[:limit] for e in examples]
         enc = tokenizer(texts, truncation=True, max_length=max_seq_length)
@@ -375,7 +381,6 @@ class ClassificationTask:
                     precision: str, progress: bool = False) -> tuple[list[np.ndarray]]:
         import torch
 
-        from qatune import runtime
         from qatune.core.batching import inference_batches
 
         was_training = module.training
