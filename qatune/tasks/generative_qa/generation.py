@@ -190,9 +190,10 @@ def greedy(module: Any, prompts: Sequence[np.ndarray], gen: Generation, batch_si
 
     Batches from :func:`prefix_sharing_batches`, left-padded; one prompt pass (:func:`_prompt_pass`), then
     one per new token over the KV cache; once a quarter of a batch's rows have stopped they leave the cache,
-    and a batch ends when every row has stopped or ``max_new_tokens`` is reached. With ``no_answer`` (SQuAD v2) its tokens are scored on the prompts' cache, the cache is cropped back to the
-    prompts, and the first answer token may not be the no-answer text's first token: every question then has
-    a real answer candidate and a no-answer likelihood, whose difference the threshold decides on.
+    and a batch ends when every row has stopped or ``max_new_tokens`` is reached. With ``no_answer``
+    (SQuAD v2) its tokens are scored on the prompts' cache, the cache is cropped back to the prompts, and
+    the first answer token may not be the no-answer text's first token: every question then has a real
+    answer candidate and a no-answer likelihood, whose difference the threshold decides on.
     """
     from tqdm.auto import tqdm
 
