@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SQUAD = REPO.parent / "shared" / "data" / "squad"
+# ../shared beside the checkout; QATUNE_SHARED points elsewhere (e.g. a copy carried to a GPU machine)
+SHARED = Path(os.environ.get("QATUNE_SHARED") or REPO.parent / "shared")
+SQUAD = SHARED / "data" / "squad"
 TRAIN = SQUAD / "train-v1.1.reconstructed.json.gz"
 DEV = SQUAD / "dev-v1.1.json.gz"
 

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import last_json, print_table, run_child  # noqa: E402
+from _common import SHARED, last_json, print_table, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
+DATA = SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
 
 
 def split_overrides(args: argparse.Namespace) -> list[str]:
@@ -50,21 +50,32 @@ def reference(args: argparse.Namespace) -> None:
     """The HF Trainer side (run in a child process): prints one JSON line."""
     import numpy as np
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
     from qatune.backends.hf.models import resolve_model
 
     data = rows(args)
-    path = resolve_model("minilm")
+    path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(42)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data["train"][2]))
 
-    def encode(split: str) -> Dataset:
-        texts, labels, _ = data[split]
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_seq_length)
-        return Dataset.from_dict({**enc, "labels": labels})
+    class Encoded(torch.utils.data.Dataset):
+        """Rows padded to max_seq_length up front, as a plain torch dataset (the Trainer stacks them)."""
+
+        def __init__(self, split: str) -> None:
+            texts, labels, _ = data[split]
+            self.enc = {**tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_seq_length),
+                        "labels": labels}
+
+        def __len__(self) -> int:
+            return len(self.enc["labels"])
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {k: torch.tensor(v[i]) for k, v in self.enc.items()}
+
+    def encode(split: str) -> Encoded:
+        return Encoded(split)
 
     train_ds, valid_ds = encode("train"), encode("validation")
     steps = -(-len(train_ds) // 16)
@@ -87,6 +98,10 @@ def main() -> None:
     ap.add_argument("--train-split", default="2", help="PostId % 100 buckets of the train rows (2: ~500 rows)")
     ap.add_argument("--validation-split", default="1")
     ap.add_argument("--max-seq-length", type=int, default=128)
+    ap.add_argument("--model", default="minilm", help="alias or local Hugging Face model directory")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="qatune's side (auto: bf16 where the hardware runs it natively, else fp32); the "
+                         "reference is always fp32")
     ap.add_argument("--output", default=None)
     ap.add_argument("--reference", action="store_true", help="internal: run the HF Trainer side")
     ap.add_argument("--reuse", action="store_true", help="keep a finished qatune side in --output")
@@ -98,7 +113,8 @@ def main() -> None:
     py = sys.executable
     ours = work / "qatune"
     cmd = [py, "-m", "qatune", "train", "--config", str(ROOT / "configs" / "stackoverflow.yaml"), "method=full",
-           "learning_rate=1e-4", "precision=fp32", f"max_seq_length={args.max_seq_length}", f"output={ours}",
+           f"model={args.model}", f"train={args.data}", f"eval={args.data}", "learning_rate=1e-4",
+           f"precision={args.precision}", f"max_seq_length={args.max_seq_length}", f"output={ours}",
            "keep_best=false", *split_overrides(args), "--overwrite"]
     result = []
     print("== qatune", file=sys.stderr, flush=True)
@@ -107,12 +123,16 @@ def main() -> None:
     else:
         res = run_child(cmd)
     metrics = json.loads((ours / "metrics.json").read_text())
-    result.append(["qatune train --task classify (dynamic padding, length grouping, fp32)", metrics["train_questions"],
+    import yaml
+
+    used = yaml.safe_load((ours / "qatune.yaml").read_text()).get("precision_used", args.precision)
+    result.append([f"qatune train --task classify (dynamic padding, length grouping, {used})", metrics["train_questions"],
                    round(res["wall_s"], 1), round(metrics["train_time_s"], 1),
                    round(metrics["train_questions"] / metrics["train_time_s"], 2), round(res["peak_rss_mb"]),
                    round(metrics["accuracy"], 2)])
     print("== reference", file=sys.stderr, flush=True)
-    ref = run_child([py, __file__, "--reference", "--data", args.data, "--train-split", args.train_split,
+    ref = run_child([py, __file__, "--reference", "--data", args.data, "--model", args.model,
+                     "--train-split", args.train_split,
                      "--validation-split", args.validation_split, "--max-seq-length", str(args.max_seq_length),
                      "--output", str(work / "reference")])
     child = last_json(ref["stdout"])

@@ -24,7 +24,7 @@ BACKENDS = ("hf", "native")
 
 
 def train(py: str, backend: str, out: Path, args: argparse.Namespace, work: Path) -> dict[str, float]:
-    res = run_child([py, "-m", "qatune", "train", "--model", "minilm", "--method", args.method, "--train", str(TRAIN),
+    res = run_child([py, "-m", "qatune", "train", "--model", args.model, "--method", args.method, "--train", str(TRAIN),
                      "--max-train-samples", str(args.max_train_samples), "--epochs", "1", "--batch-size", "16",
                      "--learning-rate", str(args.learning_rate), "--no-eval", "--no-tracking", "--no-progress",
                      "--overwrite", "--output", str(out), f"cache_dir={work / 'cache'}", f"backend={backend}"])
@@ -47,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--max-train-samples", type=int, default=2000)
     ap.add_argument("--max-eval-samples", type=int, default=1000)
+    ap.add_argument("--model", default="minilm", help="alias or local Hugging Face model directory")
     ap.add_argument("--method", default="full")
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--rounds", type=int, default=1)

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEV, TRAIN, last_json, print_table, require_squad, run_child  # noqa: E402
 
@@ -23,6 +25,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--max-train-samples", type=int, default=2000)
     ap.add_argument("--max-eval-samples", type=int, default=1000)
+    ap.add_argument("--model", default="minilm", help="alias or local Hugging Face model directory")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="qatune's side (auto: bf16 where the hardware runs it natively); the reference is fp32")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-reference", action="store_true")
     args = ap.parse_args()
@@ -31,23 +36,26 @@ def main() -> None:
     py = sys.executable
     ours_dir, ref_dir = work / "ours", work / "reference"
     sides = {
-        "qatune defaults (dynamic padding, length grouping, bf16 where native, attn dropout 0)": (
-            [py, "-m", "qatune", "train", "--model", "minilm", "--method", "full", "--train", str(TRAIN),
+        f"qatune (dynamic padding, length grouping, attn dropout 0, precision {args.precision})": (
+            [py, "-m", "qatune", "train", "--model", args.model, "--method", "full", "--train", str(TRAIN),
              "--max-train-samples", str(args.max_train_samples), "--epochs", "1", "--batch-size", "16",
              "--learning-rate", "1e-4", "--no-eval", "--no-tracking", "--no-progress", "--overwrite",
-             "--output", str(ours_dir), f"cache_dir={work / 'cache'}"], ours_dir),
+             "--output", str(ours_dir), f"cache_dir={work / 'cache'}", f"precision={args.precision}"], ours_dir),
     }
     if not args.skip_reference:
         sides["run_qa.py-style (pad 384, fp32, no grouping, HF Trainer)"] = (
             [py, str(Path(__file__).with_name("reference_run_qa.py")), "train", "--train", str(TRAIN),
-             "--max-train-samples", str(args.max_train_samples), "--output", str(ref_dir)], ref_dir)
+             "--max-train-samples", str(args.max_train_samples), "--model", args.model, "--output", str(ref_dir)],
+            ref_dir)
     rows = []
     for name, (cmd, out_dir) in sides.items():
         print(f"== {name}", file=sys.stderr, flush=True)
         res = run_child(cmd)
-        if "qatune" in name:
+        if out_dir == ours_dir:
             metrics = json.loads((out_dir / "metrics.json").read_text())
             loop_s, n_q = metrics["train_time_s"], metrics["train_questions"]
+            used = yaml.safe_load((out_dir / "qatune.yaml").read_text()).get("precision_used")
+            name = name.replace(f"precision {args.precision}", f"{args.precision}: {used}")
         else:
             child = last_json(res["stdout"])
             loop_s, n_q = child["train_time_s"], child["questions"]
