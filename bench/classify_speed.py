@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, last_json, print_table, run_child  # noqa: E402
 
@@ -31,8 +33,6 @@ def split_overrides(args: argparse.Namespace) -> list[str]:
 
 def rows(args: argparse.Namespace) -> dict[str, tuple[list[str], list[int], list[str]]]:
     """(texts, label ids, label names) per split, read by qatune with the config's options."""
-    import yaml
-
     from qatune.tasks import get_task
 
     section = dict(yaml.safe_load((ROOT / "configs" / "stackoverflow.yaml").read_text())["classify"])
@@ -74,10 +74,7 @@ def reference(args: argparse.Namespace) -> None:
         def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
             return {k: torch.tensor(v[i]) for k, v in self.enc.items()}
 
-    def encode(split: str) -> Encoded:
-        return Encoded(split)
-
-    train_ds, valid_ds = encode("train"), encode("validation")
+    train_ds, valid_ds = Encoded("train"), Encoded("validation")
     steps = -(-len(train_ds) // 16)
     targs = TrainingArguments(output_dir=str(Path(args.output)), per_device_train_batch_size=16,
                               per_device_eval_batch_size=64, num_train_epochs=1, learning_rate=1e-4,
@@ -95,7 +92,7 @@ def reference(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--train-split", default="2", help="PostId % 100 buckets of the train rows (2: ~500 rows)")
+    ap.add_argument("--train-split", default="2", help="PostId %% 100 buckets of the train rows (2: ~500 rows)")
     ap.add_argument("--validation-split", default="1")
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--model", default="minilm", help="alias or local Hugging Face model directory")
@@ -123,8 +120,6 @@ def main() -> None:
     else:
         res = run_child(cmd)
     metrics = json.loads((ours / "metrics.json").read_text())
-    import yaml
-
     used = yaml.safe_load((ours / "qatune.yaml").read_text()).get("precision_used", args.precision)
     result.append([f"qatune train --task classify (dynamic padding, length grouping, {used})", metrics["train_questions"],
                    round(res["wall_s"], 1), round(metrics["train_time_s"], 1),
