@@ -13,6 +13,11 @@
 # STEPS picks and orders them (also classify-fp32, trainref-fp32: qatune's side in fp32); ROUNDS: native_e2e's
 # rounds (2 alternates which backend goes first, so a cold first process does not favour one side).
 # SMALL=1 shrinks every step to a smoke test (a CPU dry run of this script before the GPU is asked for).
+# How the 2026-11-30 H200 run got its inputs (docs/benchmarks.md): MiniLM's directory with its weights saved as fp16
+# (half the size a call may carry) and widened back on the machine into /tmp/m,
+#   python3 -c "from safetensors.torch import load_file as l, save_file as s; s({k: v.float() if
+#     v.is_floating_point() else v for k, v in l('.gpu/model/model.fp16.safetensors').items()}, '/tmp/m/model.safetensors')"
+# beside its config and tokenizer files; the data as the needed part of ../shared in .gpu/shared (git-ignored).
 set -u
 M=${1:?MODEL_DIR}
 OUT=${2:?OUT_DIR}
