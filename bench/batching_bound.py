@@ -27,7 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEV  # noqa: E402
 
 
 def matmul_gflops(m: int, k: int, n: int, dtype: object, seconds: float = 0.5) -> float:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEV  # noqa: E402
 
 # Runs under --hf-python (transformers 4.57); must not import qatune.
 HF_CHILD = r'''

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEV as SHARED_DEV  # noqa: E402
+
 SAMPLE_DEV = REPO / "qatune" / "resources" / "sample" / "dev.json"
 
 

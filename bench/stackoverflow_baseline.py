@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,10 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED  # noqa: E402
+
+DATA = SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
 
 
 def load(args: argparse.Namespace) -> dict[str, tuple[list, object]]:
