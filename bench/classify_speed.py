@@ -22,6 +22,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, last_json, print_table, run_child  # noqa: E402
 
+from qatune.artifacts import read_run_config  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
 
@@ -120,7 +122,7 @@ def main() -> None:
     else:
         res = run_child(cmd)
     metrics = json.loads((ours / "metrics.json").read_text())
-    used = yaml.safe_load((ours / "qatune.yaml").read_text()).get("precision_used", args.precision)
+    used = read_run_config(ours).get("precision_used", args.precision)
     result.append([f"qatune train --task classify (dynamic padding, length grouping, {used})", metrics["train_questions"],
                    round(res["wall_s"], 1), round(metrics["train_time_s"], 1),
                    round(metrics["train_questions"] / metrics["train_time_s"], 2), round(res["peak_rss_mb"]),

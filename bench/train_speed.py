@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEV, TRAIN, last_json, print_table, require_squad, run_child  # noqa: E402
+
+from qatune.artifacts import read_run_config  # noqa: E402
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
         if out_dir == ours_dir:
             metrics = json.loads((out_dir / "metrics.json").read_text())
             loop_s, n_q = metrics["train_time_s"], metrics["train_questions"]
-            used = yaml.safe_load((out_dir / "qatune.yaml").read_text()).get("precision_used")
+            used = read_run_config(out_dir).get("precision_used")
             name = name.replace(f"precision {args.precision}", f"{args.precision}: {used}")
         else:
             child = last_json(res["stdout"])
