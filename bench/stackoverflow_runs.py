@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/stackoverflow/train-sample.partial.csv.gz"
@@ -41,19 +42,30 @@ MULTI_SEED = ("lora-r8-none", "lora-r8-concat", "full-none", "full-concat")
 # 64 tokens (title + the start of the body), 1 epoch; ~500 validation rows (PostId % 100 == 1) and ~1,000 test
 # rows (PostId % 100 in 0, 10), all inside the canonical validation/test splits. --budget full: the canonical
 # split (PostId % 10: 2-9 train, 1 validation, 0 test) at the config's 128 tokens.
-# Per budget: its overrides, where its runs go, the suffix of its result files, the baselines trained on the
-# same rows (bench/stackoverflow_baseline.py), the plot's title.
+class Budget(NamedTuple):
+    """One budget: the overrides of configs/stackoverflow.yaml (after the row's), where its runs go
+    (runs/<runs>/<row>-s<seed>), the suffix of its result files, the baselines trained on the same rows
+    (bench/stackoverflow_baseline.py) and the plot's title."""
+
+    overrides: list[str]
+    runs: str
+    suffix: str
+    baselines: str
+    title: str
+
+
 BUDGETS = {
-    "small": (["max_seq_length=64", "num_threads=1", "classify.train_split=2-3", "classify.validation_split=1",
-               "classify.test_split=0,10"], "so", "", "baseline-small.json", "~1,000 train rows, 64 tokens, 1 epoch"),
-    "full": (["classify.split_modulo=10", "classify.train_split=2-9", "classify.validation_split=1",
-              "classify.test_split=0"], "so-full", "-full", "baseline.json",
-             "canonical split (40,284 train rows), 128 tokens, 1 epoch"),
+    "small": Budget(["max_seq_length=64", "num_threads=1", "classify.train_split=2-3",
+                     "classify.validation_split=1", "classify.test_split=0,10"],
+                    "so", "", "baseline-small.json", "~1,000 train rows, 64 tokens, 1 epoch"),
+    "full": Budget(["classify.split_modulo=10", "classify.train_split=2-9", "classify.validation_split=1",
+                    "classify.test_split=0"],
+                   "so-full", "-full", "baseline.json", "canonical split (40,284 train rows), 128 tokens, 1 epoch"),
 }
 
 
 def run_dir(label: str, seed: int, budget: str = "small") -> Path:
-    return ROOT / "runs" / BUDGETS[budget][1] / f"{label}-s{seed}"
+    return ROOT / "runs" / BUDGETS[budget].runs / f"{label}-s{seed}"
 
 
 def run_one(label: str, seed: int, budget: str) -> None:
@@ -61,7 +73,7 @@ def run_one(label: str, seed: int, budget: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if not (out / "metrics.json").is_file():
         cmd = [sys.executable, "-m", "qatune", "train", "--config", "configs/stackoverflow.yaml", *ROWS[label],
-               *BUDGETS[budget][0],
+               *BUDGETS[budget].overrides,
                f"seed={seed}", f"output={out}", "--overwrite"]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
@@ -107,11 +119,11 @@ def table(budget: str = "small") -> None:
             "relative params | train time / epoch (s) | best epoch |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     out = ROOT / "docs" / "results" / "stackoverflow"
     out.mkdir(parents=True, exist_ok=True)
-    _, _, suffix, baselines, title = BUDGETS[budget]
+    suffix = BUDGETS[budget].suffix
     (out / f"transformer_rows{suffix}.md").write_text(head + "\n" + "\n".join(rows) + "\n")
     (out / f"transformer_rows{suffix}.json").write_text(json.dumps(records, indent=1) + "\n")
     if records:
-        plot(records, out / f"accuracy_by_row{suffix}.png", out / baselines, title)
+        plot(records, out / f"accuracy_by_row{suffix}.png", out / BUDGETS[budget].baselines, BUDGETS[budget].title)
     print(head + "\n" + "\n".join(rows))
 
 
