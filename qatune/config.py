@@ -50,6 +50,7 @@ class TrainConfig:
     max_seq_length: int = 384
     precision: str = "auto"  # auto | bf16 | fp32
     attention_dropout: float | None = 0.0  # 0 lets SDPA use its fused kernel; None keeps the model's value
+    hidden_dropout: float | None = None  # the encoder's hidden-state dropout; None keeps the model's (BERT: 0.1)
     group_by_length: bool = True
     do_eval: bool = True
     keep_best: bool = False  # the run keeps the weights of the epoch with the lowest validation loss
@@ -277,6 +278,7 @@ RANGES: dict[str, Range] = {
     "seed": Range(0, 2**31 - 1, why="the random seed"),
     "max_seq_length": Range(1, why="tokens per window"),
     "attention_dropout": Range(0, 1, high_open=True, why="a dropout probability"),
+    "hidden_dropout": Range(0, 1, high_open=True, why="a dropout probability"),
     "save_steps": Range(0, why="checkpoint every N optimizer steps; 0 = at epoch ends only"),
     "stop_after_steps": Range(1, why="optimizer steps before a resumable stop"),
     "max_train_samples": Range(1, why="the first N training questions"),

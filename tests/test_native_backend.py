@@ -223,3 +223,24 @@ def test_interrupted_native_training_resumes_to_the_same_result(tiny_model_dir: 
     for a, b in zip(whole.history, resumed.history, strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-6)
         assert (b["exact_match"], b["f1"]) == (a["exact_match"], a["f1"])
+
+
+@pytest.mark.parametrize("backend_name", ["hf", "native"])
+def test_hidden_dropout_override(tiny_model_dir: Path, backend_name: str) -> None:
+    """``hidden_dropout`` replaces the checkpoint's hidden-state dropout on both backends (None keeps it): with
+    it and attention dropout at 0, two forward passes in train mode agree; with the checkpoint's 0.1 they do not."""
+    from qatune.backends import get_backend
+    from qatune.tasks.base import ModelSpec
+
+    backend = get_backend(backend_name)
+    spec = ModelSpec("question_answering")
+    ids = torch.tensor([[101, 2040, 2003, 1037, 3231, 102]])
+    outputs = {}
+    for hidden in (None, 0.0):
+        model = backend.load_base(str(tiny_model_dir), spec, attention_dropout=0.0, hidden_dropout=hidden).train()
+        assert model.config.hidden_dropout_prob == (0.1 if hidden is None else 0.0)
+        torch.manual_seed(1)
+        first = model(ids, torch.ones_like(ids)).start_logits
+        second = model(ids, torch.ones_like(ids)).start_logits
+        outputs[hidden] = torch.equal(first, second)
+    assert outputs == {None: False, 0.0: True}

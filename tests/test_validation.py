@@ -80,6 +80,7 @@ BAD_VALUES = [
     ("max_seq_length=4", ["'max_seq_length': 4 is out of range", ">= 6"]),
     ("attention_dropout=1", ["'attention_dropout': 1.0 is out of range", "in [0, 1)"]),
     ("attention_dropout=-0.5", ["'attention_dropout': -0.5 is out of range", "in [0, 1)"]),
+    ("hidden_dropout=1", ["'hidden_dropout': 1.0 is out of range", "in [0, 1)"]),
     ("save_steps=-1", ["'save_steps': -1 is out of range", ">= 0"]),
     ("stop_after_steps=0", ["'stop_after_steps': 0 is out of range", ">= 1"]),
     ("num_threads=0", ["'num_threads': 0 is out of range", ">= 1"]),

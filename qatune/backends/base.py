@@ -25,8 +25,10 @@ class Backend(Protocol):
 
     def load_tokenizer(self, name: str, spec: Any, options: Any = None) -> Any: ...
 
-    def load_base(self, name: str, spec: Any, options: Any = None, attention_dropout: float | None = None) -> Any:
-        """The base model with the head ``spec`` asks for (a fresh head when the checkpoint has none)."""
+    def load_base(self, name: str, spec: Any, options: Any = None, attention_dropout: float | None = None,
+                  hidden_dropout: float | None = None) -> Any:
+        """The base model with the head ``spec`` asks for (a fresh head when the checkpoint has none); a dropout
+        given here replaces the checkpoint config's (None keeps it)."""
 
     def apply_method(self, model: Any, method: Any, method_options: dict[str, Any], spec: Any) -> Any:
         """The model to train under ``method`` (a :class:`qatune.methods.Method`)."""

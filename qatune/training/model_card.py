@@ -25,7 +25,8 @@ PIPELINE_TAGS = {"question_answering": "question-answering", "sequence_classific
                  "token_classification": "token-classification", "causal_lm": "text-generation"}
 # config keys shown in the training-procedure table, in this order
 _PROCEDURE_KEYS = ("epochs", "batch_size", "grad_accum", "resolved_learning_rate", "warmup_ratio", "weight_decay",
-                   "max_grad_norm", "max_seq_length", "seed", "precision_used", "attention_dropout")
+                   "max_grad_norm", "max_seq_length", "seed", "precision_used", "attention_dropout",
+                   "hidden_dropout")
 
 
 def _read_json(path: Path, default: Any) -> Any:

@@ -260,7 +260,8 @@ def _train(cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResul
         if eval_examples:
             eval_features = task.features(eval_examples, tokenizer, task_options, cfg.max_seq_length,
                                           training=True, cache_dir=cfg.cache_dir, progress=show)
-        model = backend.load_base(cfg.model, task.model, backend_options, attention_dropout=cfg.attention_dropout)
+        model = backend.load_base(cfg.model, task.model, backend_options, attention_dropout=cfg.attention_dropout,
+                                   hidden_dropout=cfg.hidden_dropout)
     task_options = task.prepare(task_options, train_report, eval_report)
     task = bind_task(task, {**config_to_dict(cfg), **task.record(task_options)})  # + what it fitted to the data
     # every input is loaded and valid: only now create the folder or remove the previous run's files

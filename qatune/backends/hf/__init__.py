@@ -65,11 +65,12 @@ class HFBackend:
         trust = bool(getattr(options, "trust_remote_code", False))
         return load_tokenizer(name, trust, needs_offsets=spec.needs_offsets)
 
-    def load_base(self, name: str, spec: Any, options: Any = None, attention_dropout: float | None = None) -> Any:
+    def load_base(self, name: str, spec: Any, options: Any = None, attention_dropout: float | None = None,
+                  hidden_dropout: float | None = None) -> Any:
         from qatune.backends.hf.models import load_model_for_task
 
         auto_class, _ = self._head(spec)
-        return load_model_for_task(name, auto_class, attention_dropout=attention_dropout,
+        return load_model_for_task(name, auto_class, attention_dropout=attention_dropout, hidden_dropout=hidden_dropout,
                                    trust_remote_code=bool(getattr(options, "trust_remote_code", False)),
                                    head_options=dict(spec.head_options))
 

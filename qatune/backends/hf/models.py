@@ -120,14 +120,20 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, needs_offsets: bo
     return tokenizer
 
 
-def disable_attention_dropout(config: Any, value: float) -> None:
-    """Set attention-probability dropout under whatever name the architecture uses."""
-    for key in ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"):
-        if hasattr(config, key):
+# where architectures keep each dropout in their config (BERT family, DistilBERT/Llama-style, GPT-2)
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+HIDDEN_DROPOUT_KEYS = ("hidden_dropout_prob", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop")
+
+
+def set_dropout(config: Any, keys: tuple[str, ...], value: float) -> None:
+    """Set a dropout probability under whatever names the architecture uses (absent names are skipped)."""
+    for key in keys:
+        if isinstance(getattr(config, key, None), (int, float)):
             setattr(config, key, value)
 
 
 def load_model_for_task(name: str, auto_class: str, attention_dropout: float | None = None,
+                        hidden_dropout: float | None = None,
                         trust_remote_code: bool = False, head_expected: bool = False,
                         head_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """Load ``name`` with ``transformers.<auto_class>``; a fresh task head is initialised if missing.
@@ -151,7 +157,9 @@ def load_model_for_task(name: str, auto_class: str, attention_dropout: float | N
     except Exception as exc:  # noqa: BLE001
         raise _load_error(path, exc) from None
     if attention_dropout is not None:
-        disable_attention_dropout(config, attention_dropout)
+        set_dropout(config, ATTENTION_DROPOUT_KEYS, attention_dropout)
+    if hidden_dropout is not None:
+        set_dropout(config, HIDDEN_DROPOUT_KEYS, hidden_dropout)
     for key, value in (head_options or {}).items():
         setattr(config, key, value)
     verbosity = hf_logging.get_verbosity()

@@ -60,16 +60,18 @@ class NativeBackend(HFBackend):
         return getattr(native, HEADS[spec.head])
 
     @staticmethod
-    def _overrides(spec: Any, attention_dropout: float | None) -> dict[str, Any]:
+    def _overrides(spec: Any, attention_dropout: float | None, hidden_dropout: float | None = None) -> dict[str, Any]:
         overrides = dict(spec.head_options)
         if attention_dropout is not None:
             overrides["attention_probs_dropout_prob"] = attention_dropout
+        if hidden_dropout is not None:
+            overrides["hidden_dropout_prob"] = hidden_dropout
         return overrides
 
     def _load(self, path: str, spec: Any, options: Any, attention_dropout: float | None,
-              head_expected: bool) -> Any:
+              head_expected: bool, hidden_dropout: float | None = None) -> Any:
         cls = self._model_class(spec)
-        model = cls.from_pretrained(path, **self._overrides(spec, attention_dropout))
+        model = cls.from_pretrained(path, **self._overrides(spec, attention_dropout, hidden_dropout))
         missing = model.loading_info["missing_keys"]
         if head_expected and missing:
             raise ModelError(f"{path}: the trained model has no {', '.join(sorted(missing))} (a {spec.head} head); "
@@ -79,8 +81,10 @@ class NativeBackend(HFBackend):
         model.name_or_path = path  # recorded as the base model of a LoRA adapter, as PEFT does
         return model
 
-    def load_base(self, name: str, spec: Any, options: Any = None, attention_dropout: float | None = None) -> Any:
-        return self._load(self.resolve_model(name), spec, options, attention_dropout, head_expected=False)
+    def load_base(self, name: str, spec: Any, options: Any = None, attention_dropout: float | None = None,
+                  hidden_dropout: float | None = None) -> Any:
+        return self._load(self.resolve_model(name), spec, options, attention_dropout, head_expected=False,
+                          hidden_dropout=hidden_dropout)
 
     def apply_method(self, model: Any, method: Any, method_options: dict[str, Any], spec: Any) -> Any:
         from qatune.native import lora
