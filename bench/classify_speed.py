@@ -42,9 +42,10 @@ RECIPES = {
 }
 
 
-def split_overrides(args: argparse.Namespace) -> list[str]:
-    return [f"classify.split_modulo={args.split_modulo}", f"classify.train_split={args.train_split}",
-            f"classify.validation_split={args.validation_split}", f"classify.test_split={args.test_split or '0'}"]
+def split_options(args: argparse.Namespace) -> dict[str, object]:
+    """The split rule both sides read: the ``classify:`` keys (qatune's overrides, the reference's reader)."""
+    return {"split_modulo": args.split_modulo, "train_split": args.train_split,
+            "validation_split": args.validation_split, "test_split": args.test_split or "0"}
 
 
 def rows(args: argparse.Namespace) -> dict[str, tuple[list[str], list[int], list[str]]]:
@@ -52,9 +53,7 @@ def rows(args: argparse.Namespace) -> dict[str, tuple[list[str], list[int], list
     from qatune.tasks import get_task
 
     section = dict(yaml.safe_load((ROOT / "configs" / "stackoverflow.yaml").read_text())["classify"])
-    section.update(fusion="none", split_modulo=args.split_modulo, train_split=args.train_split,
-                   validation_split=args.validation_split, test_split=args.test_split or "0",
-                   recipe=str(ROOT / section["recipe"]))
+    section.update(split_options(args), fusion="none", recipe=str(ROOT / section["recipe"]))
     task = get_task("classify").bind({"classify": section})
     train, report = task.read(str(args.data), None)
     labels = report.fit["labels"]
@@ -113,14 +112,15 @@ def qatune_side(args: argparse.Namespace, recipe: str, out: Path) -> list[object
     py = sys.executable
     cmd = [py, "-m", "qatune", "train", "--config", str(ROOT / "configs" / "stackoverflow.yaml"),
            f"model={args.model}", f"train={args.data}", f"eval={args.data}", f"precision={args.precision}",
-           f"max_seq_length={args.max_seq_length}", f"output={out}", "keep_best=false", *split_overrides(args),
+           f"max_seq_length={args.max_seq_length}", f"output={out}", "keep_best=false",
+           *(f"classify.{key}={value}" for key, value in split_options(args).items()),
            *RECIPES[recipe], "--overwrite"]
     print(f"== qatune, recipe {recipe}", file=sys.stderr, flush=True)
-    if args.reuse and (out / "metrics.json").is_file():  # a finished qatune side (its process time is unknown)
-        res = {"wall_s": float("nan"), "peak_rss_mb": json.loads((out / "metrics.json").read_text())["peak_rss_mb"]}
-    else:
-        res = run_child(cmd)
+    reused = args.reuse and (out / "metrics.json").is_file()  # a finished side: its process time is unknown
+    res = None if reused else run_child(cmd)
     metrics = json.loads((out / "metrics.json").read_text())
+    if res is None:
+        res = {"wall_s": float("nan"), "peak_rss_mb": metrics["peak_rss_mb"]}
     test = float("nan")
     if args.test_split:
         if not (out / "test" / "metrics.json").is_file():

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "../shared/data/stackoverflow/train-sample.partial.csv.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED  # noqa: E402
+
+DATA = str(SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz")
 # label -> overrides of configs/stackoverflow.yaml
 ROWS: dict[str, list[str]] = {
     "lora-r8-none": ["method=lora", "classify.fusion=none"],
@@ -74,7 +77,7 @@ def run_one(label: str, seed: int, budget: str) -> None:
     if not (out / "metrics.json").is_file():
         cmd = [sys.executable, "-m", "qatune", "train", "--config", "configs/stackoverflow.yaml", *ROWS[label],
                *BUDGETS[budget].overrides,
-               f"seed={seed}", f"output={out}", "--overwrite"]
+               f"train={DATA}", f"eval={DATA}", f"seed={seed}", f"output={out}", "--overwrite"]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     if not (out / "test" / "metrics.json").is_file():
