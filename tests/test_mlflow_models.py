@@ -104,6 +104,35 @@ def test_model_files_are_the_run_and_nothing_pickled(registered: dict[str, Any],
     assert {Path(f).name for f in files if f.startswith("data/run/")} == run_files
 
 
+def test_logging_the_model_prints_no_integer_column_hint(registered: dict[str, Any], server: str,
+                                                         tmp_path: Path) -> None:
+    """MLflow's hint about integer columns and missing values concerns inputs; a qatune answer's integer
+    columns (start/end) are always filled, so logging the model must not print it (it did, in the quickstart)."""
+    import warnings
+
+    import pandas as pd
+
+    from qatune.inference.pyfunc import _load_pyfunc, stage_run
+    from qatune.tracking.mlflow_model import log_model
+
+    staged = stage_run(registered["run_dir"], tmp_path)
+    example = pd.DataFrame([registered["requests"][0]])
+    answer = _load_pyfunc(str(staged)).predict(example)
+    assert answer["start"].dtype.kind == "i" and answer["end"].dtype.kind == "i"  # what the hint is about
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(server)
+    try:
+        mlflow.set_experiment("integer-hint")
+        with mlflow.start_run(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            info = log_model(staged, example, answer, None)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert not [w for w in caught if "integer column" in str(w.message)], [str(w.message)[:80] for w in caught]
+    outputs = {spec.name: spec.type.name for spec in info.signature.outputs.inputs}
+    assert outputs["start"] == outputs["end"] == "long" and outputs["text"] == "string"
+
+
 def test_qatune_load_of_a_registry_uri(registered: dict[str, Any], server: str) -> None:
     task = get_task("extractive_qa")
     predictor = qatune.load(f"models:/{NAME}/1", tracking_uri=server)
