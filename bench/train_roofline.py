@@ -12,8 +12,8 @@ bound is optimistic. Dividing by the best GEMM throughput measured here, at the 
 gives the time no implementation computing the same model can beat on this machine; ``--measured`` puts
 measured loop questions/s beside it.
 
-    python bench/train_roofline.py --max-train-samples 2000 --measured "qatune native=6.08" \
-        "qatune hf=5.70" "run_qa.py-style reference=1.81"
+    python bench/train_roofline.py --max-train-samples 2000 --measured "qatune --backend native=6.08" \
+        "qatune --backend hf=5.70" "run_qa.py-style reference=1.81"
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def main() -> None:
     grouped = flops(grouped_widths, [len(b) for b in batches])
     padded = flops([384], [len(lengths)])
 
-    tokens = 16 * int(np.median(grouped_widths))
+    tokens = args.batch_size * int(np.median(grouped_widths))  # one typical batch, as a GEMM's rows
     shapes = [(tokens, hidden, 3 * hidden, False), (tokens, hidden, inner, False), (tokens, inner, hidden, False),
               (inner, tokens, hidden, True), (hidden, tokens, 3 * hidden, True), (2048, 2048, 2048, False)]
     rates = {f"{m}x{k}x{n}{' (A^T)' if t else ''}": gemm_gflops(m, k, n, t) for m, k, n, t in shapes}
