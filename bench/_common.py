@@ -16,6 +16,7 @@ SHARED = Path(os.environ.get("QATUNE_SHARED") or REPO.parent / "shared")
 SQUAD = SHARED / "data" / "squad"
 TRAIN = SQUAD / "train-v1.1.reconstructed.json.gz"
 DEV = SQUAD / "dev-v1.1.json.gz"
+STACKOVERFLOW = SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
 
 
 def require_squad() -> None:

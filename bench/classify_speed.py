@@ -24,12 +24,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, last_json, print_table, run_child  # noqa: E402
+from _common import STACKOVERFLOW, last_json, print_table, run_child  # noqa: E402
 
 from qatune.artifacts import read_run_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
 
 # qatune's side: overrides of configs/stackoverflow.yaml after the shared ones (model, data, split, max_seq_length)
 RECIPES = {
@@ -138,7 +137,7 @@ def qatune_side(args: argparse.Namespace, recipe: str, out: Path) -> list[object
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=str(STACKOVERFLOW))
     ap.add_argument("--split-modulo", type=int, default=100, help="PostId %% N decides each row's split")
     ap.add_argument("--train-split", default="2", help="buckets of the train rows (modulo 100, 2: ~500 rows)")
     ap.add_argument("--validation-split", default="1")

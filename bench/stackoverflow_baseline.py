@@ -28,9 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED  # noqa: E402
-
-DATA = SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz"
+from _common import STACKOVERFLOW  # noqa: E402
 
 
 def load(args: argparse.Namespace) -> dict[str, tuple[list, object]]:
@@ -64,7 +62,7 @@ def metrics(probs: np.ndarray, gold: np.ndarray, labels: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=str(STACKOVERFLOW))
     ap.add_argument("--modulo", type=int, default=10)
     ap.add_argument("--train-split", default="2-9")
     ap.add_argument("--validation-split", default="1")

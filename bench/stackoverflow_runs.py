@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED  # noqa: E402
+from _common import STACKOVERFLOW  # noqa: E402
 
-DATA = str(SHARED / "data" / "stackoverflow" / "train-sample.partial.csv.gz")
+DATA = str(STACKOVERFLOW)
 # label -> overrides of configs/stackoverflow.yaml
 ROWS: dict[str, list[str]] = {
     "lora-r8-none": ["method=lora", "classify.fusion=none"],
