@@ -46,11 +46,16 @@ def gemm_gflops(m: int, k: int, n: int, transpose_a: bool = False, seconds: floa
     return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
+def matmul_weights(layers: int, hidden: int, inner: int) -> int:
+    """The encoder's GEMM weights: Q, K, V, attention output (hidden x hidden each) and the two FFN matrices."""
+    return layers * (4 * hidden * hidden + 2 * hidden * inner)
+
+
 def training_flops(widths: list[int], rows: list[int], layers: int, hidden: int, inner: int) -> float:
     """FLOPs of one training pass (forward + backward) over batches of ``rows[i]`` windows padded to ``widths[i]``:
     6 x matmul weights per token, plus the attention scores and their weighted sum (4 x L^2 x hidden per layer
     forward, twice that backward). Checked against ``torch.utils.flop_counter`` in tests/test_roofline.py."""
-    weights = layers * (4 * hidden * hidden + 2 * hidden * inner)
+    weights = matmul_weights(layers, hidden, inner)
     return float(sum(r * (6 * weights * w + 12 * layers * hidden * w * w) for w, r in zip(widths, rows, strict=True)))
 
 
@@ -90,7 +95,6 @@ def main() -> None:
     model_dir = resolve_model("minilm")
     cfg = AutoConfig.from_pretrained(model_dir)
     hidden, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    matmul_weights = layers * (4 * hidden * hidden + 2 * hidden * inner)
 
     examples, _ = load_qa_examples(TRAIN, max_samples=args.max_train_samples)
     features = build_features(examples, load_tokenizer(model_dir), 384, 128, training=True,
@@ -98,13 +102,10 @@ def main() -> None:
     lengths = np.asarray(features.lengths)
     questions = len(examples)
 
-    def flops(widths: list[int], rows: list[int]) -> float:
-        return training_flops(widths, rows, layers, hidden, inner)
-
     batches = length_grouped_batches(lengths, args.batch_size, args.seed)
     grouped_widths = [-(-int(lengths[b].max()) // 8) * 8 for b in batches]
-    grouped = flops(grouped_widths, [len(b) for b in batches])
-    padded = flops([384], [len(lengths)])
+    grouped = training_flops(grouped_widths, [len(b) for b in batches], layers, hidden, inner)
+    padded = training_flops([384], [len(lengths)], layers, hidden, inner)
 
     tokens = args.batch_size * int(np.median(grouped_widths))  # one typical batch, as a GEMM's rows
     shapes = [(tokens, hidden, 3 * hidden, False), (tokens, hidden, inner, False), (tokens, inner, hidden, False),
@@ -114,7 +115,7 @@ def main() -> None:
 
     print(f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, fp32")
     print(f"# {questions} questions -> {len(lengths)} windows; real tokens {int(lengths.sum()):,}; "
-          f"matmul weights {matmul_weights / 1e6:.2f} M")
+          f"matmul weights {matmul_weights(layers, hidden, inner) / 1e6:.2f} M")
     print("# GEMM GFLOP/s at the training shapes: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
     print(f"# bound = FLOPs / {peak:.0f} GFLOP/s (the best of those)\n")
     rows = []
